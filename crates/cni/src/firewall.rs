@@ -1,0 +1,332 @@
+//! The plugin's firewall plan: one nftables table, `inet podwire-cni`, per
+//! network namespace. Its chains and rules are fixed and only refer to maps;
+//! what a container adds (masquerade, published ports, hairpin) are map
+//! elements, so an ADD or DEL is one small netlink batch and never rewrites
+//! rules. Chains specific to one network (its subnets) are created once, by
+//! the first ADD that needs them.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use podwire_kernel::nft::{Element, ElementData, Field};
+
+use crate::error::{Error, Result};
+use crate::netconf::PortMapping;
+
+pub const TABLE: &str = "podwire-cni";
+pub const FAMILY: &str = "inet";
+
+/// The fixed part of the table, safe to load again at any time: it declares
+/// maps without touching their elements and rewrites only fixed chains.
+pub fn base_script() -> String {
+    let t = format!("{FAMILY} {TABLE}");
+    let mut s = String::new();
+    s.push_str(&format!("table {t} {{\n"));
+    for (name, kind) in [
+        ("masq4", "ipv4_addr : verdict"),
+        ("masq6", "ipv6_addr : verdict"),
+        ("hairpin4", "ipv4_addr : verdict"),
+        ("hairpin6", "ipv6_addr : verdict"),
+        (
+            "hostports4",
+            "inet_proto . inet_service : ipv4_addr . inet_service",
+        ),
+        (
+            "hostports6",
+            "inet_proto . inet_service : ipv6_addr . inet_service",
+        ),
+        (
+            "hostports4_ip",
+            "ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service",
+        ),
+        (
+            "hostports6_ip",
+            "ipv6_addr . inet_proto . inet_service : ipv6_addr . inet_service",
+        ),
+    ] {
+        s.push_str(&format!("\tmap {name} {{ type {kind}; }}\n"));
+    }
+    s.push_str("\tchain prerouting { type nat hook prerouting priority -100; policy accept; }\n");
+    s.push_str("\tchain output { type nat hook output priority -100; policy accept; }\n");
+    s.push_str("\tchain postrouting { type nat hook postrouting priority 100; policy accept; }\n");
+    s.push_str("\tchain hostports { }\n");
+    s.push_str("}\n");
+    let rules: &[(&str, &str)] = &[
+        (
+            "hostports",
+            "dnat ip to ip daddr . meta l4proto . th dport map @hostports4_ip",
+        ),
+        (
+            "hostports",
+            "dnat ip to meta l4proto . th dport map @hostports4",
+        ),
+        (
+            "hostports",
+            "dnat ip6 to ip6 daddr . meta l4proto . th dport map @hostports6_ip",
+        ),
+        (
+            "hostports",
+            "dnat ip6 to meta l4proto . th dport map @hostports6",
+        ),
+        ("prerouting", "fib daddr type local jump hostports"),
+        ("output", "fib daddr type local jump hostports"),
+        ("postrouting", "ct status dnat ip daddr vmap @hairpin4"),
+        ("postrouting", "ct status dnat ip6 daddr vmap @hairpin6"),
+        // Host processes reaching 127.0.0.1:hostPort: the reply must come back
+        // to a real address.
+        (
+            "postrouting",
+            "ct status dnat ip saddr 127.0.0.0/8 masquerade",
+        ),
+        ("postrouting", "ip saddr vmap @masq4"),
+        ("postrouting", "ip6 saddr vmap @masq6"),
+    ];
+    for chain in ["hostports", "prerouting", "output", "postrouting"] {
+        s.push_str(&format!("flush chain {t} {chain}\n"));
+        for (c, rule) in rules {
+            if *c == chain {
+                s.push_str(&format!("add rule {t} {chain} {rule}\n"));
+            }
+        }
+    }
+    s
+}
+
+/// A short, stable, chain-name-safe id for one network and its subnets.
+pub fn network_id(name: &str, subnets: &[IpNet]) -> String {
+    let mut hash: u64 = 0xcbf29ce484222325;
+    let mut feed = |bytes: &[u8]| {
+        for b in bytes {
+            hash ^= u64::from(*b);
+            hash = hash.wrapping_mul(0x100000001b3);
+        }
+    };
+    feed(name.as_bytes());
+    for s in subnets {
+        feed(s.to_string().as_bytes());
+    }
+    let safe: String = name
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+        .take(24)
+        .collect();
+    format!("{safe}-{:08x}", hash as u32)
+}
+
+pub fn masq_chain(netid: &str) -> String {
+    format!("masq-{netid}")
+}
+
+pub fn hairpin_chain(netid: &str) -> String {
+    format!("hairpin-{netid}")
+}
+
+/// The chains of one network: where its containers' traffic is masqueraded
+/// (leaving the subnet, not multicast) and which sources are masqueraded when
+/// they reach a published port of the same network (hairpin).
+pub fn network_script(netid: &str, subnets: &[IpNet]) -> String {
+    let t = format!("{FAMILY} {TABLE}");
+    let masq = masq_chain(netid);
+    let hairpin = hairpin_chain(netid);
+    let mut s = format!("table {t} {{\n\tchain {masq} {{ }}\n\tchain {hairpin} {{ }}\n}}\n");
+    s.push_str(&format!("flush chain {t} {masq}\n"));
+    for subnet in subnets {
+        let (fam, net) = family_and_net(subnet);
+        s.push_str(&format!("add rule {t} {masq} {fam} daddr {net} return\n"));
+    }
+    s.push_str(&format!(
+        "add rule {t} {masq} ip daddr 224.0.0.0/4 return\n"
+    ));
+    s.push_str(&format!("add rule {t} {masq} ip6 daddr ff00::/8 return\n"));
+    s.push_str(&format!("add rule {t} {masq} masquerade\n"));
+    s.push_str(&format!("flush chain {t} {hairpin}\n"));
+    for subnet in subnets {
+        let (fam, net) = family_and_net(subnet);
+        s.push_str(&format!(
+            "add rule {t} {hairpin} {fam} saddr {net} masquerade\n"
+        ));
+    }
+    s
+}
+
+fn family_and_net(subnet: &IpNet) -> (&'static str, IpNet) {
+    match subnet {
+        IpNet::V4(_) => ("ip", subnet.trunc()),
+        IpNet::V6(_) => ("ip6", subnet.trunc()),
+    }
+}
+
+pub fn protocol_number(protocol: &str) -> Result<u8> {
+    match protocol.to_ascii_lowercase().as_str() {
+        "tcp" => Ok(6),
+        "udp" => Ok(17),
+        "sctp" => Ok(132),
+        other => Err(Error::config(
+            format!("unsupported port mapping protocol {other:?}"),
+            "use tcp, udp or sctp",
+        )),
+    }
+}
+
+/// Validates port mappings before anything is created.
+pub fn validate_mappings(mappings: &[PortMapping]) -> Result<()> {
+    for m in mappings {
+        protocol_number(&m.protocol)?;
+        if m.host_port == 0 || m.container_port == 0 {
+            return Err(Error::config(
+                format!("invalid port mapping {}:{}", m.host_port, m.container_port),
+                "hostPort and containerPort must be between 1 and 65535",
+            ));
+        }
+        if let Some(ip) = &m.host_ip
+            && !ip.is_empty()
+            && ip.parse::<IpAddr>().is_err()
+        {
+            return Err(Error::config(
+                format!("invalid hostIP {ip:?} in a port mapping"),
+                "give an IPv4 or IPv6 address",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The map elements one container owns.
+pub fn container_elements(
+    netid: &str,
+    ips: &[IpAddr],
+    ip_masq: bool,
+    mappings: &[PortMapping],
+) -> Result<Vec<Element>> {
+    let mut out = Vec::new();
+    for ip in ips {
+        let v4 = ip.is_ipv4();
+        let suffix = if v4 { "4" } else { "6" };
+        if ip_masq {
+            out.push(Element {
+                set: format!("masq{suffix}"),
+                key: vec![Field::Addr(*ip)],
+                data: ElementData::Jump(masq_chain(netid)),
+            });
+        }
+        let mut any_mapping = false;
+        for m in mappings {
+            let proto = protocol_number(&m.protocol)?;
+            let data = ElementData::Value(vec![Field::Addr(*ip), Field::Port(m.container_port)]);
+            let host_ip = match m.host_ip.as_deref().filter(|h| !h.is_empty()) {
+                Some(text) => Some(text.parse::<IpAddr>().map_err(|_| {
+                    Error::config(format!("invalid hostIP {text:?}"), "give an IP address")
+                })?),
+                None => None,
+            };
+            match host_ip {
+                Some(h) if h.is_ipv4() != v4 => continue,
+                Some(h) => out.push(Element {
+                    set: format!("hostports{suffix}_ip"),
+                    key: vec![
+                        Field::Addr(h),
+                        Field::Proto(proto),
+                        Field::Port(m.host_port),
+                    ],
+                    data,
+                }),
+                None => out.push(Element {
+                    set: format!("hostports{suffix}"),
+                    key: vec![Field::Proto(proto), Field::Port(m.host_port)],
+                    data,
+                }),
+            }
+            any_mapping = true;
+        }
+        if any_mapping {
+            out.push(Element {
+                set: format!("hairpin{suffix}"),
+                key: vec![Field::Addr(*ip)],
+                data: ElementData::Jump(hairpin_chain(netid)),
+            });
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pm(host: u16, cport: u16, proto: &str, host_ip: Option<&str>) -> PortMapping {
+        PortMapping {
+            host_port: host,
+            container_port: cport,
+            protocol: proto.into(),
+            host_ip: host_ip.map(String::from),
+        }
+    }
+
+    #[test]
+    fn masquerade_and_mappings_become_elements() {
+        let ips: Vec<IpAddr> = vec!["10.1.0.5".parse().unwrap(), "fd00::5".parse().unwrap()];
+        let els = container_elements(
+            "n-1",
+            &ips,
+            true,
+            &[
+                pm(8080, 80, "tcp", None),
+                pm(53, 53, "udp", Some("127.0.0.1")),
+            ],
+        )
+        .unwrap();
+        let sets: Vec<&str> = els.iter().map(|e| e.set.as_str()).collect();
+        assert_eq!(
+            sets,
+            vec![
+                "masq4",
+                "hostports4",
+                "hostports4_ip",
+                "hairpin4",
+                "masq6",
+                "hostports6",
+                "hairpin6"
+            ]
+        );
+        assert_eq!(els[0].data, ElementData::Jump("masq-n-1".into()));
+        assert_eq!(els[1].key, vec![Field::Proto(6), Field::Port(8080)]);
+        assert_eq!(els[2].key[0], Field::Addr("127.0.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn nothing_without_masquerade_or_mappings() {
+        let ips: Vec<IpAddr> = vec!["10.1.0.5".parse().unwrap()];
+        assert!(
+            container_elements("n", &ips, false, &[])
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn bad_mappings_are_config_errors() {
+        assert!(validate_mappings(&[pm(1, 2, "icmp", None)]).is_err());
+        assert!(validate_mappings(&[pm(0, 2, "tcp", None)]).is_err());
+        assert!(validate_mappings(&[pm(1, 2, "tcp", Some("nope"))]).is_err());
+        validate_mappings(&[pm(1, 2, "TCP", Some("10.0.0.1"))]).unwrap();
+    }
+
+    #[test]
+    fn scripts_name_the_network_chains() {
+        let subnets: Vec<IpNet> = vec!["10.1.0.7/24".parse().unwrap()];
+        let id = network_id("my net!", &subnets);
+        assert!(id.starts_with("mynet-"));
+        assert_eq!(id, network_id("my net!", &subnets));
+        assert_ne!(id, network_id("my net!", &["10.2.0.0/24".parse().unwrap()]));
+        let s = network_script(&id, &subnets);
+        assert!(s.contains(&format!(
+            "add rule inet podwire-cni masq-{id} ip daddr 10.1.0.0/24 return"
+        )));
+        assert!(s.contains(&format!(
+            "add rule inet podwire-cni hairpin-{id} ip saddr 10.1.0.0/24 masquerade"
+        )));
+        let base = base_script();
+        assert!(base.contains("map hostports4_ip"));
+        assert_eq!(base.matches("flush chain").count(), 4);
+    }
+}

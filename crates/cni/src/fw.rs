@@ -1,0 +1,103 @@
+//! Applies the firewall plan of one attachment to the kernel: structural
+//! chains once per namespace and network (through `nft -f`), then the
+//! attachment's map elements in one netlink transaction.
+
+use ipnet::IpNet;
+use podwire_kernel::conntrack;
+use podwire_kernel::nft::{self, ElementBatch, Family};
+
+use crate::error::{Error, Result};
+use crate::firewall::{self, FAMILY, TABLE};
+use crate::state::Attachment;
+
+fn nft_error(what: &str, err: podwire_kernel::Error) -> Error {
+    Error::internal(format!("nftables: {what}"), err)
+}
+
+/// Makes sure the table and this network's chains exist, then adds the
+/// attachment's elements.
+pub fn install(att: &Attachment, subnets: &[IpNet]) -> Result<()> {
+    let elements =
+        firewall::container_elements(&att.netid, &att.ips, att.ip_masq, &att.port_mappings)?;
+    if elements.is_empty() {
+        return Ok(());
+    }
+    let chain = firewall::masq_chain(&att.netid);
+    if !nft::chain_exists(Family::Inet, TABLE, &chain)
+        .map_err(|e| nft_error("looking up chains", e))?
+    {
+        let script = format!(
+            "{}{}",
+            firewall::base_script(),
+            firewall::network_script(&att.netid, subnets)
+        );
+        nft::apply_script(&script)
+            .map_err(|e| nft_error(&format!("creating table {FAMILY} {TABLE}"), e))?;
+    }
+    let batch = ElementBatch {
+        add: elements,
+        delete: Vec::new(),
+    };
+    nft::apply_elements(Family::Inet, TABLE, &batch).map_err(|e| match e.errno() {
+        Some(libc::EBUSY) | Some(libc::EEXIST) => Error::internal(
+            "a published host port is already taken by another container",
+            format!(
+                "port mappings {:?}: choose another hostPort",
+                att.port_mappings
+            ),
+        ),
+        _ => nft_error("adding elements", e),
+    })
+}
+
+/// Removes the attachment's elements (missing ones are fine) and flushes
+/// UDP conntrack entries of its published ports.
+pub fn remove(att: &Attachment) -> Result<()> {
+    let elements =
+        firewall::container_elements(&att.netid, &att.ips, att.ip_masq, &att.port_mappings)?;
+    if elements.is_empty() {
+        return Ok(());
+    }
+    if !nft::table_exists(Family::Inet, TABLE).map_err(|e| nft_error("looking up the table", e))? {
+        return Ok(());
+    }
+    let batch = ElementBatch {
+        add: Vec::new(),
+        delete: elements,
+    };
+    nft::apply_elements(Family::Inet, TABLE, &batch)
+        .map_err(|e| nft_error("deleting elements", e))?;
+    for m in att
+        .port_mappings
+        .iter()
+        .filter(|m| m.protocol.eq_ignore_ascii_case("udp"))
+    {
+        for ip in &att.ips {
+            if let Err(e) = conntrack::flush_udp_port(m.host_port, Some(*ip)) {
+                tracing::warn!(error = %e, port = m.host_port, "flushing UDP conntrack entries failed");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// CHECK: the attachment's elements are programmed.
+pub fn check(att: &Attachment) -> Result<()> {
+    let elements =
+        firewall::container_elements(&att.netid, &att.ips, att.ip_masq, &att.port_mappings)?;
+    for element in &elements {
+        if nft::count_elements(Family::Inet, TABLE, &element.set)
+            .map_err(|e| nft_error("listing elements", e))?
+            == 0
+        {
+            return Err(Error::internal(
+                format!(
+                    "nftables map {} of table {FAMILY} {TABLE} is missing this container's entries",
+                    element.set
+                ),
+                "run DEL and ADD again",
+            ));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,99 @@
+//! `podwire-portmap`: port publishing as a chained plugin, a drop-in for the
+//! reference portmap. It reads the container's addresses from prevResult and
+//! programs the same map elements the `podwire` plugin uses directly.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use crate::env::Env;
+use crate::error::{Error, Result};
+use crate::netconf::NetConf;
+use crate::result::CniResult;
+use crate::state::{self, Attachment};
+use crate::{firewall, fw};
+
+fn state_dir(conf: &NetConf) -> PathBuf {
+    PathBuf::from(
+        conf.state_dir
+            .clone()
+            .unwrap_or_else(|| state::DEFAULT_STATE_DIR.to_string()),
+    )
+}
+
+fn netid(conf: &NetConf) -> String {
+    format!("pm-{}", firewall::network_id(&conf.name, &[]))
+}
+
+/// Addresses of the container interface in prevResult.
+fn container_ips(prev: &CniResult) -> Vec<IpAddr> {
+    prev.ips
+        .iter()
+        .filter(
+            |ip| match ip.interface.and_then(|i| prev.interfaces.get(i)) {
+                Some(iface) => iface.sandbox.is_some(),
+                None => true,
+            },
+        )
+        .map(|ip| ip.address.addr())
+        .collect()
+}
+
+pub fn add(conf: &NetConf, env: &Env) -> Result<CniResult> {
+    let prev = conf.prev_result.clone().ok_or_else(|| {
+        Error::config(
+            "podwire-portmap must be chained after a plugin that assigns addresses",
+            "put it after podwire (or bridge) in a conflist",
+        )
+    })?;
+    let mappings = conf.runtime_config.port_mappings.clone();
+    firewall::validate_mappings(&mappings)?;
+    if mappings.is_empty() {
+        return Ok(prev);
+    }
+    let ips = container_ips(&prev);
+    let subnets: Vec<ipnet::IpNet> = prev.ips.iter().map(|ip| ip.address.trunc()).collect();
+    let att = Attachment {
+        container_id: env.container_id.clone(),
+        ifname: env.ifname.clone(),
+        host_veth: None,
+        netid: netid(conf),
+        ips,
+        ip_masq: false,
+        port_mappings: mappings,
+    };
+    fw::install(&att, &subnets)?;
+    if let Err(e) = state::save(&state_dir(conf), &conf.name, &att) {
+        let _ = fw::remove(&att);
+        return Err(e);
+    }
+    Ok(prev)
+}
+
+pub fn del(conf: &NetConf, env: &Env) -> Result<()> {
+    let dir = state_dir(conf);
+    if let Some(att) = state::load(&dir, &conf.name, &env.container_id, &env.ifname)? {
+        fw::remove(&att)?;
+    }
+    state::remove(&dir, &conf.name, &env.container_id, &env.ifname)
+}
+
+pub fn check(conf: &NetConf, env: &Env) -> Result<()> {
+    if let Some(att) = state::load(&state_dir(conf), &conf.name, &env.container_id, &env.ifname)? {
+        fw::check(&att)?;
+    }
+    Ok(())
+}
+
+pub fn gc(conf: &NetConf, valid: &[(String, String)]) -> Result<()> {
+    let dir = state_dir(conf);
+    for att in state::list(&dir, &conf.name)? {
+        if !valid
+            .iter()
+            .any(|(c, i)| *c == att.container_id && *i == att.ifname)
+        {
+            fw::remove(&att)?;
+            state::remove(&dir, &conf.name, &att.container_id, &att.ifname)?;
+        }
+    }
+    Ok(())
+}

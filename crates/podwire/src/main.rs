@@ -1,0 +1,86 @@
+//! podwire: one binary for the whole Kubernetes network stack. When
+//! CNI_COMMAND is set it is a CNI plugin (a runtime executes it as
+//! `"type": "podwire"`); otherwise it is the command-line tool.
+
+mod demo;
+mod serve;
+
+use std::io::{Read, Write};
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "podwire",
+    version,
+    about = "The Kubernetes network stack in one binary"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create two pods in private network namespaces through the CNI plugin,
+    /// show them reaching each other and a published port, then clean up.
+    Demo {
+        /// Keep the namespaces after the demo (remove with `podwire demo --cleanup`).
+        #[arg(long)]
+        keep: bool,
+        /// Only remove what an earlier `--keep` demo left.
+        #[arg(long)]
+        cleanup: bool,
+    },
+    /// An HTTP server answering with its hostname, its IP and the client's IP
+    /// (the lab's default pod workload, like agnhost netexec).
+    Serve {
+        #[arg(long, default_value = "0.0.0.0:8080")]
+        listen: String,
+    },
+}
+
+fn main() {
+    if std::env::var_os("CNI_COMMAND").is_some() {
+        std::process::exit(cni_main());
+    }
+    init_logs("info");
+    let cli = Cli::parse();
+    let outcome = match cli.command {
+        Cmd::Demo { keep, cleanup } => demo::run(keep, cleanup),
+        Cmd::Serve { listen } => serve::run(&listen),
+    };
+    if let Err(err) = outcome {
+        eprintln!("error: {err:#}");
+        std::process::exit(1);
+    }
+}
+
+fn init_logs(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PODWIRE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+/// CNI plugin mode: netconf on stdin, result or error JSON on stdout, logs on
+/// stderr, non-zero exit on error.
+fn cni_main() -> i32 {
+    init_logs("warn");
+    let mut stdin = Vec::new();
+    if let Err(err) = std::io::stdin().read_to_end(&mut stdin) {
+        tracing::warn!(%err, "cannot read stdin");
+    }
+    let outcome = podwire_cni::run(|name| std::env::var(name).ok(), &stdin);
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(outcome.stdout.as_bytes());
+    let _ = out.flush();
+    outcome.exit_code
+}
+
+/// Result alias used by subcommands.
+pub type CmdResult = Result<()>;
