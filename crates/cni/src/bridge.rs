@@ -152,13 +152,6 @@ struct Undo {
 
 pub fn add(conf: &NetConf, env: &Env) -> Result<CniResult> {
     let opts = &conf.bridge;
-    if opts.macspoofchk {
-        return Err(Error::new(
-            Code::UnsupportedField,
-            "macspoofchk is not supported by podwire yet",
-            "remove macspoofchk from the configuration",
-        ));
-    }
     let ipam = ipam_of(conf)?;
     let mappings = conf.runtime_config.port_mappings.clone();
     firewall::validate_mappings(&mappings)?;
@@ -334,9 +327,10 @@ fn add_with(
         ips: outcome.ips.iter().map(|i| i.address.addr()).collect(),
         ip_masq: opts.ip_masq,
         port_mappings: mappings.to_vec(),
+        spoof_mac: opts.macspoofchk.then(|| ctr_link.mac_string()),
     };
     let subnets: Vec<IpNet> = outcome.ips.iter().map(|i| i.address.trunc()).collect();
-    if att.ip_masq || !att.port_mappings.is_empty() {
+    if att.ip_masq || !att.port_mappings.is_empty() || att.spoof_mac.is_some() {
         undo.firewall = Some(att.clone());
         fw::install(&att, &subnets)?;
         if !att.port_mappings.is_empty() && att.ips.iter().any(IpAddr::is_ipv4) {

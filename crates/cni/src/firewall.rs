@@ -15,6 +15,34 @@ use crate::netconf::PortMapping;
 
 pub const TABLE: &str = "podwire-cni";
 pub const FAMILY: &str = "inet";
+/// MAC spoof checking must see bridged frames, which only the bridge family
+/// does; its table has the same name and is created only when asked for.
+pub const SPOOF_FAMILY: &str = "bridge";
+
+/// The bridge-family table for `macspoofchk`: frames entering the bridge from
+/// a guarded port must carry that port's container MAC.
+pub fn spoof_script() -> String {
+    let t = format!("{SPOOF_FAMILY} {TABLE}");
+    format!(
+        "table {t} {{\n\tset spoof_ports {{ type ifname; }}\n\tset spoof_allowed {{ type ether_addr . ifname; }}\n\tchain prerouting {{ type filter hook prerouting priority -300; policy accept; }}\n}}\nflush chain {t} prerouting\nadd rule {t} prerouting iifname @spoof_ports ether saddr . iifname != @spoof_allowed drop\n"
+    )
+}
+
+/// The spoof-check elements of one port.
+pub fn spoof_elements(host_veth: &str, mac: [u8; 6]) -> Vec<Element> {
+    vec![
+        Element {
+            set: "spoof_ports".into(),
+            key: vec![Field::IfName(host_veth.to_string())],
+            data: ElementData::None,
+        },
+        Element {
+            set: "spoof_allowed".into(),
+            key: vec![Field::Mac(mac), Field::IfName(host_veth.to_string())],
+            data: ElementData::None,
+        },
+    ]
+}
 
 /// The fixed part of the table, safe to load again at any time: it declares
 /// maps without touching their elements and rewrites only fixed chains.
@@ -291,6 +319,14 @@ mod tests {
         assert_eq!(els[0].data, ElementData::Jump("masq-n-1".into()));
         assert_eq!(els[1].key, vec![Field::Proto(6), Field::Port(8080)]);
         assert_eq!(els[2].key[0], Field::Addr("127.0.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn spoof_check_guards_one_port_with_its_mac() {
+        let els = spoof_elements("veth1", [2, 0, 0, 0, 0, 1]);
+        assert_eq!(els[0].key, vec![Field::IfName("veth1".into())]);
+        assert_eq!(els[1].key[0], Field::Mac([2, 0, 0, 0, 0, 1]));
+        assert!(spoof_script().contains("ether saddr . iifname != @spoof_allowed drop"));
     }
 
     #[test]

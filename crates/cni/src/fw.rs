@@ -17,6 +17,7 @@ fn nft_error(what: &str, err: podwire_kernel::Error) -> Error {
 /// Makes sure the table and this network's chains exist, then adds the
 /// attachment's elements.
 pub fn install(att: &Attachment, subnets: &[IpNet]) -> Result<()> {
+    install_spoof_check(att)?;
     let elements =
         firewall::container_elements(&att.netid, &att.ips, att.ip_masq, &att.port_mappings)?;
     if elements.is_empty() {
@@ -53,6 +54,18 @@ pub fn install(att: &Attachment, subnets: &[IpNet]) -> Result<()> {
 /// Removes the attachment's elements (missing ones are fine) and flushes
 /// UDP conntrack entries of its published ports.
 pub fn remove(att: &Attachment) -> Result<()> {
+    if let Some(elements) = spoof_elements(att) {
+        if nft::table_exists(Family::Bridge, TABLE)
+            .map_err(|e| nft_error("looking up the bridge table", e))?
+        {
+            let batch = ElementBatch {
+                add: Vec::new(),
+                delete: elements,
+            };
+            nft::apply_elements(Family::Bridge, TABLE, &batch)
+                .map_err(|e| nft_error("deleting spoof-check elements", e))?;
+        }
+    }
     let elements =
         firewall::container_elements(&att.netid, &att.ips, att.ip_masq, &att.port_mappings)?;
     if elements.is_empty() {
@@ -79,6 +92,33 @@ pub fn remove(att: &Attachment) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn spoof_elements(att: &Attachment) -> Option<Vec<nft::Element>> {
+    let mac = podwire_kernel::link::parse_mac(att.spoof_mac.as_deref()?)?;
+    Some(firewall::spoof_elements(att.host_veth.as_deref()?, mac))
+}
+
+fn install_spoof_check(att: &Attachment) -> Result<()> {
+    let Some(elements) = spoof_elements(att) else {
+        return Ok(());
+    };
+    if !nft::chain_exists(Family::Bridge, TABLE, "prerouting")
+        .map_err(|e| nft_error("looking up chains", e))?
+    {
+        nft::apply_script(&firewall::spoof_script()).map_err(|e| {
+            nft_error(
+                &format!("creating table {} {TABLE}", firewall::SPOOF_FAMILY),
+                e,
+            )
+        })?;
+    }
+    let batch = ElementBatch {
+        add: elements,
+        delete: Vec::new(),
+    };
+    nft::apply_elements(Family::Bridge, TABLE, &batch)
+        .map_err(|e| nft_error("adding spoof-check elements", e))
 }
 
 /// CHECK: the attachment's elements are programmed.

@@ -60,6 +60,7 @@ pub fn add(conf: &NetConf, env: &Env) -> Result<CniResult> {
         ips,
         ip_masq: false,
         port_mappings: mappings,
+        spoof_mac: None,
     };
     fw::install(&att, &subnets)?;
     if let Err(e) = state::save(&state_dir(conf), &conf.name, &att) {

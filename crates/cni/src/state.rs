@@ -27,6 +27,9 @@ pub struct Attachment {
     pub ip_masq: bool,
     #[serde(default)]
     pub port_mappings: Vec<PortMapping>,
+    /// The container MAC the host port is locked to (`macspoofchk`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spoof_mac: Option<String>,
 }
 
 /// The directory of one network's attachment records.
@@ -120,6 +123,7 @@ mod tests {
             ips: vec!["10.0.0.2".parse().unwrap()],
             ip_masq: true,
             port_mappings: vec![],
+            spoof_mac: None,
         };
         save(dir.path(), "net", &att).unwrap();
         assert_eq!(

@@ -52,6 +52,7 @@ const NFT_JUMP: i32 = -3;
 pub enum Family {
     Inet = 1,
     Ip = 2,
+    Bridge = 7,
     Ip6 = 10,
 }
 
@@ -64,6 +65,10 @@ pub enum Field {
     Proto(u8),
     /// inet_service, a port in network order.
     Port(u16),
+    /// ether_addr.
+    Mac([u8; 6]),
+    /// ifname: the name zero-padded to IFNAMSIZ (16 bytes).
+    IfName(String),
 }
 
 impl Field {
@@ -82,6 +87,19 @@ impl Field {
                 if concat {
                     out.extend_from_slice(&[0, 0]);
                 }
+            }
+            Field::Mac(mac) => {
+                out.extend_from_slice(mac);
+                if concat {
+                    out.extend_from_slice(&[0, 0]);
+                }
+            }
+            Field::IfName(name) => {
+                let mut bytes = [0u8; 16];
+                for (slot, b) in bytes.iter_mut().zip(name.bytes().take(15)) {
+                    *slot = b;
+                }
+                out.extend_from_slice(&bytes);
             }
         }
     }
@@ -588,6 +606,13 @@ mod tests {
         assert_eq!(single, vec![10, 0, 0, 1]);
         let port = encode_fields(&[Field::Port(80)]);
         assert_eq!(port, vec![0, 80]);
+        let mac_if = encode_fields(&[
+            Field::Mac([1, 2, 3, 4, 5, 6]),
+            Field::IfName("veth0".into()),
+        ]);
+        assert_eq!(mac_if.len(), 24);
+        assert_eq!(&mac_if[..8], &[1, 2, 3, 4, 5, 6, 0, 0]);
+        assert_eq!(&mac_if[8..13], b"veth0");
     }
 
     #[test]
