@@ -54,17 +54,16 @@ pub fn install(att: &Attachment, subnets: &[IpNet]) -> Result<()> {
 /// Removes the attachment's elements (missing ones are fine) and flushes
 /// UDP conntrack entries of its published ports.
 pub fn remove(att: &Attachment) -> Result<()> {
-    if let Some(elements) = spoof_elements(att) {
-        if nft::table_exists(Family::Bridge, TABLE)
+    if let Some(elements) = spoof_elements(att)
+        && nft::table_exists(Family::Bridge, TABLE)
             .map_err(|e| nft_error("looking up the bridge table", e))?
-        {
-            let batch = ElementBatch {
-                add: Vec::new(),
-                delete: elements,
-            };
-            nft::apply_elements(Family::Bridge, TABLE, &batch)
-                .map_err(|e| nft_error("deleting spoof-check elements", e))?;
-        }
+    {
+        let batch = ElementBatch {
+            add: Vec::new(),
+            delete: elements,
+        };
+        nft::apply_elements(Family::Bridge, TABLE, &batch)
+            .map_err(|e| nft_error("deleting spoof-check elements", e))?;
     }
     let elements =
         firewall::container_elements(&att.netid, &att.ips, att.ip_masq, &att.port_mappings)?;
