@@ -3,6 +3,7 @@
 //! `"type": "podwire"`); otherwise it is the command-line tool.
 
 mod demo;
+mod lab;
 mod serve;
 
 use std::io::{Read, Write};
@@ -39,6 +40,9 @@ enum Cmd {
         #[arg(long, default_value = "0.0.0.0:8080")]
         listen: String,
     },
+    /// A multi-node cluster network built from network namespaces on this
+    /// machine, running podwire's components.
+    Lab(lab::LabArgs),
 }
 
 fn main() {
@@ -50,6 +54,7 @@ fn main() {
     let outcome = match cli.command {
         Cmd::Demo { keep, cleanup } => demo::run(keep, cleanup),
         Cmd::Serve { listen } => serve::run(&listen),
+        Cmd::Lab(args) => lab::run(args),
     };
     if let Err(err) = outcome {
         eprintln!("error: {err:#}");

@@ -1,0 +1,439 @@
+//! `lab get`: kubectl-shaped tables (and YAML) of the lab's objects, read
+//! straight from the store the components watch.
+
+use podwire_model::k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use podwire_model::{ClusterState, Object};
+
+use crate::error::{LabError, Result};
+
+/// Which objects and how to print them.
+#[derive(Debug, Clone)]
+pub struct Query {
+    pub resource: String,
+    /// None = all namespaces.
+    pub namespace: Option<String>,
+    pub output: Output,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    Table,
+    Wide,
+    Yaml,
+}
+
+fn age(time: Option<&Time>) -> String {
+    let Some(t) = time else {
+        return "<unknown>".into();
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let secs = now.saturating_sub(t.0.as_second()).max(0);
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172_800 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
+    }
+}
+
+fn table(rows: Vec<Vec<String>>) -> String {
+    let width = rows.iter().map(|r| r.len()).max().unwrap_or(0);
+    let mut widths = vec![0; width];
+    for row in &rows {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(cell.len());
+        }
+    }
+    let mut out = String::new();
+    for row in rows {
+        let line: Vec<String> = row
+            .iter()
+            .enumerate()
+            .map(|(i, cell)| {
+                if i + 1 == row.len() {
+                    cell.clone()
+                } else {
+                    format!("{cell:<w$}", w = widths[i])
+                }
+            })
+            .collect();
+        out.push_str(line.join("   ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn in_scope(query: &Query, namespace: &str) -> bool {
+    query.namespace.as_deref().is_none_or(|ns| ns == namespace)
+}
+
+/// Renders the query against a cluster state.
+pub fn render(state: &ClusterState, query: &Query) -> Result<String> {
+    let all = query.namespace.is_none();
+    let wide = query.output == Output::Wide;
+    let resource = query.resource.as_str();
+    let objects: Vec<Object> = match resource {
+        "nodes" | "node" | "no" => state.nodes.values().cloned().map(Object::Node).collect(),
+        "pods" | "pod" | "po" => state
+            .pods
+            .iter()
+            .filter(|((ns, _), _)| in_scope(query, ns))
+            .map(|(_, p)| Object::Pod(p.clone()))
+            .collect(),
+        "services" | "service" | "svc" => state
+            .services
+            .iter()
+            .filter(|((ns, _), _)| in_scope(query, ns))
+            .map(|(_, s)| Object::Service(s.clone()))
+            .collect(),
+        "endpoints" | "ep" | "endpointslices" | "endpointslice" => state
+            .endpoint_slices
+            .iter()
+            .filter(|((ns, _), _)| in_scope(query, ns))
+            .map(|(_, s)| Object::EndpointSlice(s.clone()))
+            .collect(),
+        "ingress" | "ingresses" | "ing" => state
+            .ingresses
+            .iter()
+            .filter(|((ns, _), _)| in_scope(query, ns))
+            .map(|(_, i)| Object::Ingress(i.clone()))
+            .collect(),
+        "deployments" | "deployment" | "deploy" => state
+            .deployments
+            .iter()
+            .filter(|((ns, _), _)| in_scope(query, ns))
+            .map(|(_, d)| Object::Deployment(d.clone()))
+            .collect(),
+        "namespaces" | "namespace" | "ns" => state
+            .namespaces
+            .values()
+            .cloned()
+            .map(Object::Namespace)
+            .collect(),
+        other => {
+            return Err(LabError::Invalid(format!(
+                "unknown resource {other:?}: use nodes, pods, svc, endpoints, ingress, deployments or namespaces"
+            )));
+        }
+    };
+    if query.output == Output::Yaml {
+        let mut out = String::new();
+        for object in &objects {
+            out.push_str("---\n");
+            out.push_str(
+                &serde_yaml_ng::to_string(&object.to_json())
+                    .map_err(|e| LabError::Failed(e.to_string()))?,
+            );
+        }
+        return Ok(out);
+    }
+    if objects.is_empty() {
+        return Ok(match &query.namespace {
+            Some(ns) if resource != "nodes" && resource != "namespaces" => {
+                format!("No resources found in {ns} namespace.\n")
+            }
+            _ => "No resources found\n".into(),
+        });
+    }
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    let ns_col = |ns: String, row: &mut Vec<String>| {
+        if all {
+            row.insert(0, ns);
+        }
+    };
+    match objects.first() {
+        Some(Object::Node(_)) => {
+            let mut head = vec!["NAME", "STATUS", "ROLES", "AGE", "INTERNAL-IP", "POD-CIDR"];
+            if wide {
+                head.push("MAC");
+            }
+            rows.push(head.into_iter().map(String::from).collect());
+            for o in &objects {
+                let Object::Node(n) = o else { continue };
+                let name = n.metadata.name.clone().unwrap_or_default();
+                let ip = n
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.addresses.as_ref())
+                    .and_then(|a| a.iter().find(|a| a.type_ == "InternalIP"))
+                    .map(|a| a.address.clone())
+                    .unwrap_or_default();
+                let role = if n
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .is_some_and(|l| l.contains_key("node-role.kubernetes.io/control-plane"))
+                    || name == "controlplane"
+                {
+                    "control-plane"
+                } else {
+                    "<none>"
+                };
+                let mut row = vec![
+                    name,
+                    "Ready".into(),
+                    role.into(),
+                    age(n.metadata.creation_timestamp.as_ref()),
+                    ip,
+                    n.spec
+                        .as_ref()
+                        .and_then(|s| s.pod_cidr.clone())
+                        .unwrap_or_default(),
+                ];
+                if wide {
+                    row.push(
+                        n.metadata
+                            .annotations
+                            .as_ref()
+                            .and_then(|a| a.get("podwire.io/mac").cloned())
+                            .unwrap_or_else(|| "<none>".into()),
+                    );
+                }
+                rows.push(row);
+            }
+        }
+        Some(Object::Pod(_)) => {
+            let mut head = vec!["NAME", "READY", "STATUS", "RESTARTS", "AGE"];
+            if wide {
+                head.extend(["IP", "NODE"]);
+            }
+            let mut head: Vec<String> = head.into_iter().map(String::from).collect();
+            ns_col("NAMESPACE".into(), &mut head);
+            rows.push(head);
+            for o in &objects {
+                let Object::Pod(p) = o else { continue };
+                let statuses = p
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.container_statuses.clone())
+                    .unwrap_or_default();
+                let total = p.spec.as_ref().map(|s| s.containers.len()).unwrap_or(0);
+                let ready = statuses.iter().filter(|c| c.ready).count();
+                let restarts: i32 = statuses.iter().map(|c| c.restart_count).sum();
+                let mut row = vec![
+                    p.metadata.name.clone().unwrap_or_default(),
+                    format!("{ready}/{total}"),
+                    p.status
+                        .as_ref()
+                        .and_then(|s| s.phase.clone())
+                        .unwrap_or_else(|| "Pending".into()),
+                    restarts.to_string(),
+                    age(p.metadata.creation_timestamp.as_ref()),
+                ];
+                if wide {
+                    row.push(
+                        p.status
+                            .as_ref()
+                            .and_then(|s| s.pod_ip.clone())
+                            .unwrap_or_else(|| "<none>".into()),
+                    );
+                    row.push(
+                        p.spec
+                            .as_ref()
+                            .and_then(|s| s.node_name.clone())
+                            .unwrap_or_else(|| "<none>".into()),
+                    );
+                }
+                ns_col(p.metadata.namespace.clone().unwrap_or_default(), &mut row);
+                rows.push(row);
+            }
+        }
+        Some(Object::Service(_)) => {
+            let mut head: Vec<String> = [
+                "NAME",
+                "TYPE",
+                "CLUSTER-IP",
+                "EXTERNAL-IP",
+                "PORT(S)",
+                "AGE",
+            ]
+            .into_iter()
+            .map(String::from)
+            .collect();
+            if wide {
+                head.push("SELECTOR".into());
+            }
+            ns_col("NAMESPACE".into(), &mut head);
+            rows.push(head);
+            for o in &objects {
+                let Object::Service(s) = o else { continue };
+                let spec = s.spec.clone().unwrap_or_default();
+                let ports: Vec<String> = spec
+                    .ports
+                    .clone()
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|p| match p.node_port {
+                        Some(np) => format!(
+                            "{}:{np}/{}",
+                            p.port,
+                            p.protocol.clone().unwrap_or_else(|| "TCP".into())
+                        ),
+                        None => format!(
+                            "{}/{}",
+                            p.port,
+                            p.protocol.clone().unwrap_or_else(|| "TCP".into())
+                        ),
+                    })
+                    .collect();
+                let external = spec
+                    .external_ips
+                    .clone()
+                    .filter(|e| !e.is_empty())
+                    .map(|e| e.join(","))
+                    .unwrap_or_else(|| "<none>".into());
+                let mut row = vec![
+                    s.metadata.name.clone().unwrap_or_default(),
+                    spec.type_.clone().unwrap_or_else(|| "ClusterIP".into()),
+                    spec.cluster_ip.clone().unwrap_or_else(|| "<none>".into()),
+                    external,
+                    if ports.is_empty() {
+                        "<none>".into()
+                    } else {
+                        ports.join(",")
+                    },
+                    age(s.metadata.creation_timestamp.as_ref()),
+                ];
+                if wide {
+                    row.push(
+                        spec.selector
+                            .as_ref()
+                            .map(|sel| {
+                                sel.iter()
+                                    .map(|(k, v)| format!("{k}={v}"))
+                                    .collect::<Vec<_>>()
+                                    .join(",")
+                            })
+                            .unwrap_or_else(|| "<none>".into()),
+                    );
+                }
+                ns_col(s.metadata.namespace.clone().unwrap_or_default(), &mut row);
+                rows.push(row);
+            }
+        }
+        Some(Object::EndpointSlice(_)) => {
+            let mut head: Vec<String> = ["NAME", "ENDPOINTS", "AGE"]
+                .into_iter()
+                .map(String::from)
+                .collect();
+            ns_col("NAMESPACE".into(), &mut head);
+            rows.push(head);
+            for o in &objects {
+                let Object::EndpointSlice(s) = o else {
+                    continue;
+                };
+                let service = s
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get("kubernetes.io/service-name").cloned())
+                    .unwrap_or_else(|| s.metadata.name.clone().unwrap_or_default());
+                let ports: Vec<i32> = s
+                    .ports
+                    .clone()
+                    .unwrap_or_default()
+                    .iter()
+                    .filter_map(|p| p.port)
+                    .collect();
+                let mut eps = Vec::new();
+                for ep in s.endpoints.iter().flatten() {
+                    if ep.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
+                        continue;
+                    }
+                    for addr in &ep.addresses {
+                        if ports.is_empty() {
+                            eps.push(addr.clone());
+                        }
+                        for port in &ports {
+                            eps.push(format!("{addr}:{port}"));
+                        }
+                    }
+                }
+                let mut row = vec![
+                    service,
+                    if eps.is_empty() {
+                        "<none>".into()
+                    } else {
+                        eps.join(",")
+                    },
+                    age(s.metadata.creation_timestamp.as_ref()),
+                ];
+                ns_col(s.metadata.namespace.clone().unwrap_or_default(), &mut row);
+                rows.push(row);
+            }
+        }
+        Some(Object::Ingress(_)) => {
+            let mut head: Vec<String> = ["NAME", "CLASS", "HOSTS", "PORTS", "AGE"]
+                .into_iter()
+                .map(String::from)
+                .collect();
+            ns_col("NAMESPACE".into(), &mut head);
+            rows.push(head);
+            for o in &objects {
+                let Object::Ingress(i) = o else { continue };
+                let spec = i.spec.clone().unwrap_or_default();
+                let hosts: Vec<String> = spec
+                    .rules
+                    .clone()
+                    .unwrap_or_default()
+                    .iter()
+                    .filter_map(|r| r.host.clone())
+                    .collect();
+                let ports = if spec.tls.as_ref().is_some_and(|t| !t.is_empty()) {
+                    "80, 443"
+                } else {
+                    "80"
+                };
+                let mut row = vec![
+                    i.metadata.name.clone().unwrap_or_default(),
+                    spec.ingress_class_name
+                        .clone()
+                        .unwrap_or_else(|| "<none>".into()),
+                    if hosts.is_empty() {
+                        "*".into()
+                    } else {
+                        hosts.join(",")
+                    },
+                    ports.into(),
+                    age(i.metadata.creation_timestamp.as_ref()),
+                ];
+                ns_col(i.metadata.namespace.clone().unwrap_or_default(), &mut row);
+                rows.push(row);
+            }
+        }
+        Some(Object::Deployment(_)) => {
+            let mut head: Vec<String> = ["NAME", "REPLICAS", "AGE"]
+                .into_iter()
+                .map(String::from)
+                .collect();
+            ns_col("NAMESPACE".into(), &mut head);
+            rows.push(head);
+            for o in &objects {
+                let Object::Deployment(d) = o else { continue };
+                let mut row = vec![
+                    d.metadata.name.clone().unwrap_or_default(),
+                    d.spec.replicas.unwrap_or(1).to_string(),
+                    age(d.metadata.creation_timestamp.as_ref()),
+                ];
+                ns_col(d.metadata.namespace.clone().unwrap_or_default(), &mut row);
+                rows.push(row);
+            }
+        }
+        Some(Object::Namespace(_)) => {
+            rows.push(vec!["NAME".into(), "STATUS".into(), "AGE".into()]);
+            for o in &objects {
+                let Object::Namespace(n) = o else { continue };
+                rows.push(vec![
+                    n.metadata.name.clone().unwrap_or_default(),
+                    "Active".into(),
+                    age(n.metadata.creation_timestamp.as_ref()),
+                ]);
+            }
+        }
+        _ => {}
+    }
+    Ok(table(rows))
+}

@@ -1,0 +1,1026 @@
+//! The lab supervisor: one background process per lab that owns every
+//! long-running part (node agents, pod containers), restarts what dies, and
+//! carries out `up`, `apply`, `delete` and `down` requests that arrive on
+//! the lab's control socket, one at a time.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use podwire_model::k8s_openapi::api::core::v1::{
+    ContainerState, ContainerStateRunning, ContainerStatus, Pod, PodCondition, PodIP, PodStatus,
+};
+use podwire_model::k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use podwire_model::k8s_openapi::jiff::Timestamp;
+use podwire_model::{ClusterState, Kind, LabNode, LabPlan, LabSpec, Object, PlannedNode, Store};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{LabError, Result};
+use crate::paths::{LabPaths, netns_path};
+use crate::spawn::{self, Sandbox};
+use crate::{netns, runtime, topology};
+
+/// A request on the control socket (one JSON line).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Request {
+    pub op: String,
+    #[serde(default)]
+    pub yaml: String,
+}
+
+/// One reply line: progress, or the final word.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Reply {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub done: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<String>,
+}
+
+/// What the lab persists about itself besides the cluster objects.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LabRecord {
+    pub spec: LabSpec,
+}
+
+pub fn save_record(paths: &LabPaths, spec: &LabSpec) -> Result<()> {
+    let body = serde_json::to_vec_pretty(&LabRecord { spec: spec.clone() })
+        .map_err(|e| LabError::Failed(e.to_string()))?;
+    let tmp = paths.lab_file().with_extension("tmp");
+    std::fs::write(&tmp, body).map_err(|e| LabError::io("cannot write lab.json", e))?;
+    std::fs::rename(&tmp, paths.lab_file()).map_err(|e| LabError::io("cannot write lab.json", e))
+}
+
+pub fn load_record(paths: &LabPaths) -> Result<LabRecord> {
+    let bytes =
+        std::fs::read(paths.lab_file()).map_err(|_| LabError::NoSuchLab(paths.name.clone()))?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| LabError::Failed(format!("corrupt {}: {e}", paths.lab_file().display())))
+}
+
+struct Proc {
+    child: Child,
+    restarts: i32,
+    policy: String,
+    started: Instant,
+}
+
+/// Everything the supervisor knows and owns.
+pub struct Controller {
+    paths: LabPaths,
+    exe: PathBuf,
+    spec: LabSpec,
+    plan: LabPlan,
+    store: Store,
+    state: ClusterState,
+    containers: BTreeMap<(String, String, String), Proc>,
+    agents: BTreeMap<String, Proc>,
+}
+
+type Progress<'a> = &'a mut dyn FnMut(&str);
+
+fn now() -> Time {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    Time(Timestamp::from_second(secs).unwrap_or_default())
+}
+
+fn key(pod: &Pod) -> (String, String) {
+    (
+        pod.metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into()),
+        pod.metadata.name.clone().unwrap_or_default(),
+    )
+}
+
+fn container_id(pod: &Pod) -> String {
+    pod.metadata.uid.clone().unwrap_or_default()
+}
+
+fn random_uid() -> String {
+    let mut bytes = [0u8; 16];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        use std::io::Read;
+        let _ = f.read_exact(&mut bytes);
+    }
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}
+
+impl Controller {
+    pub fn new(paths: LabPaths, exe: PathBuf, spec: LabSpec) -> Result<Controller> {
+        let plan = podwire_model::plan_lab(&spec)?;
+        let store = Store::open(paths.cluster());
+        Ok(Controller {
+            paths,
+            exe,
+            spec,
+            plan,
+            store,
+            state: ClusterState::default(),
+            containers: BTreeMap::new(),
+            agents: BTreeMap::new(),
+        })
+    }
+
+    fn planned(&self, node: &str) -> Result<PlannedNode> {
+        self.plan
+            .nodes
+            .iter()
+            .find(|n| n.name == node)
+            .cloned()
+            .ok_or_else(|| {
+                LabError::Invalid(format!(
+                    "node {node:?} is not part of lab {}",
+                    self.paths.name
+                ))
+            })
+    }
+
+    /// Builds the lab from its manifest.
+    pub fn up(&mut self, objects: Vec<Object>, progress: Progress) -> Result<String> {
+        let started = Instant::now();
+        runtime::prepare_cni_bin(&self.paths, &self.exe)?;
+        self.store.write_config(&self.spec.cluster_config())?;
+        save_record(&self.paths, &self.spec)?;
+        topology::build_base(&self.paths, &self.spec, &self.plan)?;
+        progress(&format!(
+            "switch and router up ({} underlay{}){}",
+            self.spec.underlays.len(),
+            if self.spec.underlays.len() == 1 {
+                ""
+            } else {
+                "s"
+            },
+            self.plan
+                .external
+                .as_ref()
+                .map(|x| format!(", external host {} at {}", x.name, x.ip.addr()))
+                .unwrap_or_default()
+        ));
+        let default_ns = Object::Namespace(podwire_model::Namespace {
+            metadata: podwire_model::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                name: Some("default".into()),
+                creation_timestamp: Some(now()),
+                ..Default::default()
+            },
+            ..Default::default()
+        });
+        self.store.put(&default_ns)?;
+        self.state.insert(default_ns);
+        for node in self.plan.nodes.clone() {
+            self.add_node(&node, progress)?;
+        }
+        self.store.bump()?;
+        self.apply(objects, progress)?;
+        let pods = self.state.pods.len();
+        Ok(format!(
+            "lab {} is up in {:.1} s: {} nodes, {} pods, {} services ({} routing)",
+            self.paths.name,
+            started.elapsed().as_secs_f64(),
+            self.plan.nodes.len(),
+            pods,
+            self.state.services.len(),
+            match self.spec.routing {
+                podwire_model::RoutingMode::HostGw => "host-gw",
+                podwire_model::RoutingMode::Vxlan => "vxlan",
+            }
+        ))
+    }
+
+    fn add_node(&mut self, node: &PlannedNode, progress: Progress) -> Result<()> {
+        topology::add_node(&self.paths, &self.spec, node)?;
+        runtime::write_conflist(&self.paths, node)?;
+        let mut object = podwire_model::node_object(node);
+        object.metadata.creation_timestamp = Some(now());
+        object
+            .metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(
+                "podwire.io/mac".into(),
+                podwire_kernel::link::format_mac(&node.mac),
+            );
+        let object = Object::Node(object);
+        self.store.put(&object)?;
+        self.state.insert(object);
+        self.start_agent(&node.name)?;
+        progress(&format!(
+            "node {} up: {} on {}, pods {}",
+            node.name,
+            node.ip.addr(),
+            node.underlay,
+            node.pod_cidr
+        ));
+        Ok(())
+    }
+
+    fn start_agent(&mut self, node: &str) -> Result<()> {
+        let sandbox = Sandbox {
+            netns: Some(netns_path(&self.paths.node_ns(node))),
+            hostname: Some(node.to_string()),
+            binds: Vec::new(),
+        };
+        let log_path = self.paths.agent_log(node);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|e| LabError::io(format!("cannot open {}", log_path.display()), e))?;
+        let log_err = log
+            .try_clone()
+            .map_err(|e| LabError::io("cannot duplicate the agent log", e))?;
+        let mut cmd = spawn::command(&self.exe, &sandbox)?;
+        cmd.args(["agent", "--node", node, "--source"])
+            .arg(format!("files:{}", self.paths.cluster().display()))
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err);
+        let child = cmd
+            .spawn()
+            .map_err(|e| LabError::io(format!("cannot start the agent of node {node}"), e))?;
+        self.agents.insert(
+            node.to_string(),
+            Proc {
+                child,
+                restarts: 0,
+                policy: "Always".into(),
+                started: Instant::now(),
+            },
+        );
+        Ok(())
+    }
+
+    /// Applies objects the way `kubectl apply` would, with the lab playing
+    /// the controllers: scheduler, kubelet, deployment and endpoints.
+    pub fn apply(&mut self, objects: Vec<Object>, progress: Progress) -> Result<()> {
+        let namespaces: BTreeSet<String> = self
+            .state
+            .namespaces
+            .keys()
+            .cloned()
+            .chain(
+                podwire_model::BUILTIN_NAMESPACES
+                    .iter()
+                    .map(|s| s.to_string()),
+            )
+            .collect();
+        podwire_model::validate_objects(&objects, &namespaces)?;
+        let mut ordered = objects;
+        ordered.sort_by_key(|o| match o.kind() {
+            Kind::Namespace => 0,
+            Kind::Node => 1,
+            Kind::Secret => 2,
+            Kind::Service => 3,
+            Kind::Deployment => 4,
+            Kind::Pod => 5,
+            Kind::EndpointSlice => 6,
+            Kind::Ingress => 7,
+        });
+        let mut new_pods = Vec::new();
+        for object in ordered {
+            match object {
+                Object::Service(service) => {
+                    let mut all: Vec<_> = self.state.services.values().cloned().collect();
+                    let key = (
+                        service
+                            .metadata
+                            .namespace
+                            .clone()
+                            .unwrap_or_else(|| "default".into()),
+                        service.metadata.name.clone().unwrap_or_default(),
+                    );
+                    all.retain(|s| {
+                        (
+                            s.metadata.namespace.clone().unwrap_or_default(),
+                            s.metadata.name.clone().unwrap_or_default(),
+                        ) != key
+                    });
+                    let mut service = service;
+                    service.metadata.namespace = Some(key.0.clone());
+                    if service.metadata.creation_timestamp.is_none() {
+                        service.metadata.creation_timestamp = Some(now());
+                    }
+                    all.push(service);
+                    podwire_model::allocate_service_addresses(
+                        &mut all,
+                        &self.spec.cluster_config(),
+                    )?;
+                    if let Some(service) = all.pop() {
+                        let object = Object::Service(service);
+                        self.store.put(&object)?;
+                        self.state.insert(object);
+                        progress(&format!("service {}/{} created", key.0, key.1));
+                    }
+                }
+                Object::Deployment(deployment) => {
+                    let mut deployment = deployment;
+                    let namespace = deployment
+                        .metadata
+                        .namespace
+                        .clone()
+                        .unwrap_or_else(|| "default".into());
+                    deployment.metadata.namespace = Some(namespace.clone());
+                    if deployment.metadata.creation_timestamp.is_none() {
+                        deployment.metadata.creation_timestamp = Some(now());
+                    }
+                    let name = deployment.metadata.name.clone().unwrap_or_default();
+                    let desired = podwire_model::expand_deployment(&deployment);
+                    let desired_names: BTreeSet<String> = desired
+                        .iter()
+                        .filter_map(|p| p.metadata.name.clone())
+                        .collect();
+                    let owned: Vec<(String, String)> = self
+                        .state
+                        .pods
+                        .iter()
+                        .filter(|((ns, _), pod)| {
+                            *ns == namespace
+                                && pod.metadata.owner_references.as_ref().is_some_and(|refs| {
+                                    refs.iter()
+                                        .any(|r| r.kind == "Deployment" && r.name == name)
+                                })
+                        })
+                        .map(|(k, _)| k.clone())
+                        .collect();
+                    for (ns, pod) in &owned {
+                        if !desired_names.contains(pod) {
+                            self.delete_pod(ns, pod)?;
+                            progress(&format!("pod {ns}/{pod} deleted (scaled down)"));
+                        }
+                    }
+                    for pod in desired {
+                        if !self.state.pods.contains_key(&key(&pod)) {
+                            new_pods.push(pod);
+                        }
+                    }
+                    let object = Object::Deployment(deployment);
+                    self.store.put(&object)?;
+                    self.state.insert(object);
+                }
+                Object::Pod(pod) => {
+                    let mut pod = pod;
+                    if pod.metadata.namespace.is_none() {
+                        pod.metadata.namespace = Some("default".into());
+                    }
+                    if !self.state.pods.contains_key(&key(&pod)) {
+                        new_pods.push(pod);
+                    }
+                }
+                other => {
+                    let mut other = other;
+                    if other.metadata().creation_timestamp.is_none() {
+                        other.metadata_mut().creation_timestamp = Some(now());
+                    }
+                    self.store.put(&other)?;
+                    self.state.insert(other);
+                }
+            }
+        }
+        // Schedule all new pods at once so they spread over the nodes.
+        let nodes: Vec<String> = self.plan.nodes.iter().map(|n| n.name.clone()).collect();
+        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+        for pod in self.state.pods.values() {
+            if let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) {
+                *counts.entry(node).or_default() += 1;
+            }
+        }
+        podwire_model::schedule(&mut new_pods, &nodes, &counts)?;
+        let mut waits = Vec::new();
+        for pod in new_pods {
+            let (ns, name) = key(&pod);
+            let created = self.create_pod(pod)?;
+            progress(&format!(
+                "pod {ns}/{name} running on {} at {}",
+                created
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.node_name.clone())
+                    .unwrap_or_default(),
+                created
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.pod_ip.clone())
+                    .unwrap_or_default()
+            ));
+            waits.push(created);
+        }
+        self.refresh_endpoints()?;
+        self.store.bump()?;
+        for pod in waits {
+            self.wait_ready(&pod)?;
+        }
+        Ok(())
+    }
+
+    /// Applies a changed Lab document: only nodes may be added; every other
+    /// setting is fixed when the lab comes up.
+    pub fn apply_lab(&mut self, spec: &LabSpec, progress: Progress) -> Result<()> {
+        let mut fixed = spec.clone();
+        fixed.name = self.spec.name.clone();
+        fixed.nodes = self.spec.nodes.clone();
+        if fixed != self.spec {
+            return Err(LabError::Invalid(
+                "only nodes can be added to a running lab: its ranges, routing, underlays and external host are fixed at `lab up` (run `lab down` and `lab up` to change them)".into(),
+            ));
+        }
+        let added: Vec<LabNode> = spec
+            .nodes
+            .iter()
+            .filter(|n| !self.spec.nodes.iter().any(|m| m.name == n.name))
+            .cloned()
+            .collect();
+        if added.is_empty() {
+            return Ok(());
+        }
+        let mut next = self.spec.clone();
+        next.nodes.extend(added.iter().cloned());
+        next.validate()?;
+        let plan = podwire_model::plan_lab(&next)?;
+        self.spec = next;
+        self.plan = plan;
+        save_record(&self.paths, &self.spec)?;
+        for node in added {
+            let planned = self.planned(&node.name)?;
+            self.add_node(&planned, progress)?;
+        }
+        self.store.bump()?;
+        Ok(())
+    }
+
+    /// Removes the nodes a Lab document names (`lab delete -f` of a Lab).
+    pub fn delete_nodes(&mut self, spec: &LabSpec, progress: Progress) -> Result<()> {
+        for node in &spec.nodes {
+            if self.spec.nodes.iter().any(|n| n.name == node.name) {
+                self.remove_node(&node.name)?;
+                progress(&format!("node {} removed", node.name));
+            }
+        }
+        self.refresh_endpoints()?;
+        self.store.bump()?;
+        Ok(())
+    }
+
+    fn remove_node(&mut self, name: &str) -> Result<()> {
+        let on_node: Vec<(String, String)> = self
+            .state
+            .pods
+            .iter()
+            .filter(|(_, p)| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(name))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for (ns, pod) in on_node {
+            self.delete_pod(&ns, &pod)?;
+        }
+        if let Some(mut agent) = self.agents.remove(name) {
+            let _ = agent.child.kill();
+            let _ = agent.child.wait();
+        }
+        topology::remove_node(&self.paths, name)?;
+        self.spec.nodes.retain(|n| n.name != name);
+        self.plan.nodes.retain(|n| n.name != name);
+        save_record(&self.paths, &self.spec)?;
+        self.state.remove(Kind::Node, "", name);
+        self.store.delete(Kind::Node, "", name)?;
+        Ok(())
+    }
+
+    fn create_pod(&mut self, mut pod: Pod) -> Result<Pod> {
+        let (namespace, name) = key(&pod);
+        let node = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .ok_or_else(|| LabError::Failed(format!("pod {namespace}/{name} was not scheduled")))?;
+        let planned = self.planned(&node)?;
+        if pod.metadata.uid.is_none() {
+            pod.metadata.uid = Some(random_uid());
+        }
+        pod.metadata.creation_timestamp = Some(now());
+        let ips = runtime::create_sandbox(
+            &self.paths,
+            &self.spec.cluster_config(),
+            &pod,
+            &node,
+            &container_id(&pod),
+        )?;
+        let containers = pod
+            .spec
+            .as_ref()
+            .map(|s| s.containers.clone())
+            .unwrap_or_default();
+        let policy = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.restart_policy.clone())
+            .unwrap_or_else(|| "Always".into());
+        let mut statuses = Vec::new();
+        for container in &containers {
+            match runtime::start_container(&self.paths, &self.exe, &pod, container) {
+                Ok(child) => {
+                    self.containers.insert(
+                        (namespace.clone(), name.clone(), container.name.clone()),
+                        Proc {
+                            child,
+                            restarts: 0,
+                            policy: policy.clone(),
+                            started: Instant::now(),
+                        },
+                    );
+                }
+                Err(e) => {
+                    self.stop_containers(&namespace, &name);
+                    let _ = runtime::destroy_sandbox(&self.paths, &pod, &node, &container_id(&pod));
+                    return Err(e);
+                }
+            }
+            statuses.push(ContainerStatus {
+                name: container.name.clone(),
+                image: container.image.clone().unwrap_or_default(),
+                image_id: String::new(),
+                ready: true,
+                restart_count: 0,
+                started: Some(true),
+                state: Some(ContainerState {
+                    running: Some(ContainerStateRunning {
+                        started_at: Some(now()),
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+        }
+        let condition = |kind: &str| PodCondition {
+            type_: kind.into(),
+            status: "True".into(),
+            last_transition_time: Some(now()),
+            ..Default::default()
+        };
+        pod.status = Some(PodStatus {
+            phase: Some("Running".into()),
+            host_ip: Some(planned.ip.addr().to_string()),
+            pod_ip: ips.first().map(|ip| ip.to_string()),
+            pod_ips: Some(ips.iter().map(|ip| PodIP { ip: ip.to_string() }).collect()),
+            start_time: Some(now()),
+            conditions: Some(vec![
+                condition("PodScheduled"),
+                condition("Initialized"),
+                condition("ContainersReady"),
+                condition("Ready"),
+            ]),
+            container_statuses: Some(statuses),
+            ..Default::default()
+        });
+        let object = Object::Pod(pod.clone());
+        self.store.put(&object)?;
+        self.state.insert(object);
+        Ok(pod)
+    }
+
+    /// A pod is ready when every declared container port answers from its node.
+    fn wait_ready(&self, pod: &Pod) -> Result<()> {
+        let Some(ip) = pod.status.as_ref().and_then(|s| s.pod_ip.clone()) else {
+            return Ok(());
+        };
+        let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) else {
+            return Ok(());
+        };
+        let Ok(ip) = ip.parse::<std::net::IpAddr>() else {
+            return Ok(());
+        };
+        for container in pod
+            .spec
+            .as_ref()
+            .map(|s| s.containers.clone())
+            .unwrap_or_default()
+        {
+            let ports: Vec<i32> = match (&container.command, &container.ports) {
+                (_, Some(ports)) => ports
+                    .iter()
+                    .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
+                    .map(|p| p.container_port)
+                    .collect(),
+                (None, None) => vec![8080],
+                (Some(_), None) => Vec::new(),
+            };
+            for port in ports {
+                let Ok(port) = u16::try_from(port) else {
+                    continue;
+                };
+                runtime::wait_reachable(
+                    &self.paths.node_ns(&node),
+                    SocketAddr::new(ip, port),
+                    Duration::from_secs(10),
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    fn stop_containers(&mut self, namespace: &str, pod: &str) {
+        let keys: Vec<_> = self
+            .containers
+            .keys()
+            .filter(|(ns, p, _)| ns == namespace && p == pod)
+            .cloned()
+            .collect();
+        for k in keys {
+            if let Some(mut proc) = self.containers.remove(&k) {
+                let _ = proc.child.kill();
+                let _ = proc.child.wait();
+            }
+        }
+    }
+
+    fn delete_pod(&mut self, namespace: &str, name: &str) -> Result<()> {
+        self.stop_containers(namespace, name);
+        let Some(pod) = self
+            .state
+            .pods
+            .get(&(namespace.to_string(), name.to_string()))
+            .cloned()
+        else {
+            return Ok(());
+        };
+        let node = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .unwrap_or_default();
+        runtime::destroy_sandbox(&self.paths, &pod, &node, &container_id(&pod))?;
+        self.state.remove(Kind::Pod, namespace, name);
+        self.store.delete(Kind::Pod, namespace, name)?;
+        Ok(())
+    }
+
+    /// Deletes objects (the lab's `kubectl delete -f`).
+    pub fn delete(&mut self, objects: Vec<Object>, progress: Progress) -> Result<()> {
+        for object in objects {
+            let (kind, namespace, name) = (object.kind(), object.namespace(), object.name());
+            match kind {
+                Kind::Pod => self.delete_pod(&namespace, &name)?,
+                Kind::Deployment => {
+                    let owned: Vec<(String, String)> = self
+                        .state
+                        .pods
+                        .iter()
+                        .filter(|((ns, _), pod)| {
+                            *ns == namespace
+                                && pod.metadata.owner_references.as_ref().is_some_and(|r| {
+                                    r.iter().any(|r| r.kind == "Deployment" && r.name == name)
+                                })
+                        })
+                        .map(|(k, _)| k.clone())
+                        .collect();
+                    for (ns, pod) in owned {
+                        self.delete_pod(&ns, &pod)?;
+                    }
+                    self.state.remove(kind, &namespace, &name);
+                    self.store.delete(kind, &namespace, &name)?;
+                }
+                Kind::Node => self.remove_node(&name)?,
+                Kind::Namespace => {
+                    let pods: Vec<(String, String)> = self
+                        .state
+                        .pods
+                        .keys()
+                        .filter(|(ns, _)| *ns == name)
+                        .cloned()
+                        .collect();
+                    for (ns, pod) in pods {
+                        self.delete_pod(&ns, &pod)?;
+                    }
+                    for kind in [Kind::Service, Kind::Deployment, Kind::Ingress, Kind::Secret] {
+                        for (ns, n) in self.names_of(kind) {
+                            if ns == name {
+                                self.state.remove(kind, &ns, &n);
+                                self.store.delete(kind, &ns, &n)?;
+                            }
+                        }
+                    }
+                    self.state.remove(kind, "", &name);
+                    self.store.delete(kind, "", &name)?;
+                }
+                _ => {
+                    self.state.remove(kind, &namespace, &name);
+                    self.store.delete(kind, &namespace, &name)?;
+                }
+            }
+            progress(&format!("{} deleted", object.describe()));
+        }
+        self.refresh_endpoints()?;
+        self.store.bump()?;
+        Ok(())
+    }
+
+    fn names_of(&self, kind: Kind) -> Vec<(String, String)> {
+        match kind {
+            Kind::Service => self.state.services.keys().cloned().collect(),
+            Kind::Deployment => self.state.deployments.keys().cloned().collect(),
+            Kind::Ingress => self.state.ingresses.keys().cloned().collect(),
+            Kind::Secret => self.state.secrets.keys().cloned().collect(),
+            Kind::Pod => self.state.pods.keys().cloned().collect(),
+            Kind::EndpointSlice => self.state.endpoint_slices.keys().cloned().collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Recomputes EndpointSlices from Services and pods, as the controller does.
+    fn refresh_endpoints(&mut self) -> Result<()> {
+        let services: Vec<_> = self.state.services.values().cloned().collect();
+        let pods: Vec<_> = self.state.pods.values().cloned().collect();
+        let slices = podwire_model::endpoint_slices(&services, &pods);
+        let mut keep = BTreeSet::new();
+        for mut slice in slices {
+            let key = (
+                slice.metadata.namespace.clone().unwrap_or_default(),
+                slice.metadata.name.clone().unwrap_or_default(),
+            );
+            slice.metadata.creation_timestamp = self
+                .state
+                .endpoint_slices
+                .get(&key)
+                .and_then(|old| old.metadata.creation_timestamp.clone())
+                .or_else(|| Some(now()));
+            let object = Object::EndpointSlice(slice);
+            keep.insert((object.namespace(), object.name()));
+            self.store.put(&object)?;
+            self.state.insert(object);
+        }
+        for (ns, name) in self.names_of(Kind::EndpointSlice) {
+            if !keep.contains(&(ns.clone(), name.clone())) {
+                self.state.remove(Kind::EndpointSlice, &ns, &name);
+                self.store.delete(Kind::EndpointSlice, &ns, &name)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Restarts dead containers and agents according to their policy.
+    pub fn reap(&mut self) {
+        let mut restart = Vec::new();
+        for (k, proc) in self.containers.iter_mut() {
+            if let Ok(Some(status)) = proc.child.try_wait() {
+                let again = match proc.policy.as_str() {
+                    "Never" => false,
+                    "OnFailure" => !status.success(),
+                    _ => true,
+                };
+                if again && proc.started.elapsed() > Duration::from_secs(1) {
+                    restart.push(k.clone());
+                }
+            }
+        }
+        for (ns, pod, container) in restart {
+            let Some(p) = self.state.pods.get(&(ns.clone(), pod.clone())).cloned() else {
+                continue;
+            };
+            let Some(spec) = p
+                .spec
+                .as_ref()
+                .and_then(|s| s.containers.iter().find(|c| c.name == container).cloned())
+            else {
+                continue;
+            };
+            if let Ok(child) = runtime::start_container(&self.paths, &self.exe, &p, &spec) {
+                if let Some(proc) = self.containers.get_mut(&(ns, pod, container)) {
+                    proc.child = child;
+                    proc.restarts += 1;
+                    proc.started = Instant::now();
+                }
+            }
+        }
+        let dead_agents: Vec<String> = self
+            .agents
+            .iter_mut()
+            .filter_map(|(node, proc)| match proc.child.try_wait() {
+                Ok(Some(_)) if proc.started.elapsed() > Duration::from_secs(1) => {
+                    Some(node.clone())
+                }
+                _ => None,
+            })
+            .collect();
+        for node in dead_agents {
+            let restarts = self.agents.get(&node).map(|p| p.restarts).unwrap_or(0);
+            if self.start_agent(&node).is_ok() {
+                if let Some(p) = self.agents.get_mut(&node) {
+                    p.restarts = restarts + 1;
+                }
+            }
+        }
+    }
+
+    /// Stops everything and removes every namespace and file of the lab.
+    pub fn down(&mut self) {
+        for (_, mut proc) in std::mem::take(&mut self.containers) {
+            let _ = proc.child.kill();
+            let _ = proc.child.wait();
+        }
+        for (_, mut proc) in std::mem::take(&mut self.agents) {
+            let _ = proc.child.kill();
+            let _ = proc.child.wait();
+        }
+        teardown(&self.paths);
+    }
+
+    pub fn agent_pids(&self) -> Vec<u32> {
+        self.agents.values().map(|p| p.child.id()).collect()
+    }
+}
+
+/// Removes a lab from its records alone: every recorded namespace (and every
+/// process inside), then the state directory. Used by the supervisor and by
+/// `lab down` when the supervisor is gone.
+pub fn teardown(paths: &LabPaths) {
+    let names = netns::recorded(paths);
+    // Pods first, so their processes die before the nodes' agents.
+    let (pods, others): (Vec<_>, Vec<_>) = names.into_iter().partition(|n| n.contains("-p-"));
+    for name in pods.into_iter().chain(others) {
+        let _ = netns::delete(paths, &name);
+    }
+    let _ = std::fs::remove_dir_all(&paths.dir);
+}
+
+fn send(stream: &mut UnixStream, reply: &Reply) {
+    if let Ok(line) = serde_json::to_string(reply) {
+        let _ = stream.write_all(line.as_bytes());
+        let _ = stream.write_all(b"\n");
+    }
+}
+
+/// The supervisor's main loop: serve requests until `down`.
+pub fn serve(paths: LabPaths, exe: PathBuf) -> Result<()> {
+    let record = load_record(&paths)?;
+    let controller = Arc::new(Mutex::new(Controller::new(
+        paths.clone(),
+        exe,
+        record.spec,
+    )?));
+    let _ = std::fs::remove_file(paths.socket());
+    let listener = UnixListener::bind(paths.socket())
+        .map_err(|e| LabError::io("cannot open the control socket", e))?;
+    std::fs::write(paths.supervisor_pid(), std::process::id().to_string())
+        .map_err(|e| LabError::io("cannot write supervisor.pid", e))?;
+    {
+        let controller = Arc::clone(&controller);
+        std::thread::spawn(move || {
+            loop {
+                std::thread::sleep(Duration::from_millis(250));
+                if let Ok(mut c) = controller.lock() {
+                    c.reap();
+                }
+            }
+        });
+    }
+    for stream in listener.incoming() {
+        let Ok(mut stream) = stream else { continue };
+        let mut line = String::new();
+        if BufReader::new(&stream).read_line(&mut line).is_err() {
+            continue;
+        }
+        let request: Request = match serde_json::from_str(&line) {
+            Ok(r) => r,
+            Err(e) => {
+                send(
+                    &mut stream,
+                    &Reply {
+                        done: Some(false),
+                        error: Some(format!("bad request: {e}")),
+                        ..Default::default()
+                    },
+                );
+                continue;
+            }
+        };
+        let mut out = stream
+            .try_clone()
+            .map_err(|e| LabError::io("control socket", e))?;
+        let mut progress = |msg: &str| {
+            tracing::info!("{msg}");
+            send(
+                &mut out,
+                &Reply {
+                    progress: Some(msg.to_string()),
+                    ..Default::default()
+                },
+            );
+        };
+        let Ok(mut c) = controller.lock() else { break };
+        let outcome: Result<Option<String>> = match request.op.as_str() {
+            "up" => std::fs::read_to_string(paths.dir.join("manifest.yaml"))
+                .map_err(|e| LabError::io("cannot read the lab manifest", e))
+                .and_then(|text| podwire_model::parse_lab(&text).map_err(LabError::from))
+                .and_then(|m| c.up(m.objects, &mut progress).map(Some)),
+            "apply" => podwire_model::parse_manifest(&request.yaml)
+                .map_err(LabError::from)
+                .and_then(|(lab, objs)| {
+                    if let Some(spec) = &lab {
+                        c.apply_lab(spec, &mut progress)?;
+                    }
+                    c.apply(objs, &mut progress).map(|_| None)
+                }),
+            "delete" => podwire_model::parse_manifest(&request.yaml)
+                .map_err(LabError::from)
+                .and_then(|(lab, objs)| {
+                    c.delete(objs, &mut progress)?;
+                    if let Some(spec) = &lab {
+                        c.delete_nodes(spec, &mut progress)?;
+                    }
+                    Ok(None)
+                }),
+            "ping" => Ok(None),
+            "down" => {
+                c.down();
+                send(
+                    &mut stream,
+                    &Reply {
+                        done: Some(true),
+                        summary: Some(format!("lab {} removed", paths.name)),
+                        ..Default::default()
+                    },
+                );
+                std::process::exit(0);
+            }
+            other => Err(LabError::Invalid(format!("unknown request {other:?}"))),
+        };
+        match outcome {
+            Ok(summary) => send(
+                &mut stream,
+                &Reply {
+                    done: Some(true),
+                    summary,
+                    ..Default::default()
+                },
+            ),
+            Err(e) => send(
+                &mut stream,
+                &Reply {
+                    done: Some(false),
+                    error: Some(e.to_string()),
+                    ..Default::default()
+                },
+            ),
+        }
+    }
+    Ok(())
+}
+
+/// Sends one request and streams the replies to `on_progress`.
+pub fn request(
+    paths: &LabPaths,
+    op: &str,
+    yaml: &str,
+    on_progress: &mut dyn FnMut(&str),
+) -> Result<Option<String>> {
+    let mut stream = UnixStream::connect(paths.socket())
+        .map_err(|e| LabError::Failed(format!("the supervisor of lab {} does not answer ({e}); `podwire lab down --name {}` still removes it", paths.name, paths.name)))?;
+    let line = serde_json::to_string(&Request {
+        op: op.into(),
+        yaml: yaml.into(),
+    })
+    .map_err(|e| LabError::Failed(e.to_string()))?;
+    stream
+        .write_all(line.as_bytes())
+        .and_then(|_| stream.write_all(b"\n"))
+        .map_err(|e| LabError::io("control socket", e))?;
+    for line in BufReader::new(stream).lines() {
+        let line = line.map_err(|e| LabError::io("control socket", e))?;
+        let reply: Reply = serde_json::from_str(&line)
+            .map_err(|e| LabError::Failed(format!("bad reply {line:?}: {e}")))?;
+        if let Some(msg) = &reply.progress {
+            on_progress(msg);
+        }
+        if let Some(done) = reply.done {
+            return if done {
+                Ok(reply.summary)
+            } else {
+                Err(LabError::Failed(reply.error.unwrap_or_default()))
+            };
+        }
+    }
+    Err(LabError::Failed(format!(
+        "the supervisor of lab {} stopped answering; see {}",
+        paths.name,
+        paths.supervisor_log().display()
+    )))
+}

@@ -1,0 +1,45 @@
+//! podwire's cluster model: the Kubernetes objects podwire handles
+//! (k8s-openapi types), `ClusterState` that every component compiles its
+//! plan from, lab manifests and their address plan, the derived objects a
+//! control plane would produce (pods of Deployments, scheduling,
+//! EndpointSlices, Service addresses) and the on-disk store the lab writes.
+//!
+//! Everything here is pure except [`Store`], which only touches its own
+//! directory.
+
+pub use k8s_openapi;
+pub use k8s_openapi::api::{
+    apps::v1::Deployment,
+    core::v1::{Namespace, Node, Pod, Secret, Service},
+    discovery::v1::EndpointSlice,
+    networking::v1::Ingress,
+};
+
+mod endpoints;
+mod error;
+mod lab;
+mod names;
+mod object;
+mod plan;
+mod services;
+mod state;
+mod store;
+mod workload;
+
+pub use endpoints::endpoint_slices;
+pub use error::{ModelError, SUPPORTED_KINDS};
+pub use lab::{
+    BUILTIN_NAMESPACES, ExternalHost, LAB_API_VERSION, LAB_KIND, LabManifest, LabNode, LabSpec,
+    Underlay, builtin_example, parse_lab, parse_manifest, parse_objects, validate_objects,
+};
+pub use names::{validate_label, validate_subdomain};
+pub use object::{Kind, Object};
+pub use plan::{LabPlan, PlannedExternal, PlannedNode, node_object, plan_lab};
+pub use services::{
+    KUBE_DNS_HOST_OFFSET, NODE_PORT_RANGE, allocate_service_addresses, kube_dns_ip,
+};
+pub use state::{ClusterConfig, ClusterState, NodeInfo, RoutingMode};
+pub use store::Store;
+pub use workload::{
+    expand_deployment, is_control_plane, pod_is_ready, schedule, schedule_on_nodes,
+};

@@ -1,0 +1,230 @@
+//! `podwire lab ...`: the command-line face of the lab, kubectl-shaped where
+//! kubectl has the same verb.
+
+use std::io::Read;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use podwire_lab::get::{Output, Query};
+
+#[derive(Args)]
+pub struct LabArgs {
+    /// Which lab (several can run side by side).
+    #[arg(long, global = true, default_value = "lab")]
+    name: String,
+    #[command(subcommand)]
+    command: LabCmd,
+}
+
+#[derive(Subcommand)]
+enum LabCmd {
+    /// Build the lab (the built-in example when no file is given) and return
+    /// once every pod is running and reachable.
+    Up {
+        #[arg(short = 'f', long = "filename")]
+        file: Option<String>,
+    },
+    /// Remove every namespace, link, rule, process and file of the lab.
+    Down,
+    /// List objects: nodes, pods, svc, endpoints, ingress, deployments, namespaces.
+    Get {
+        resource: String,
+        #[arg(short = 'n', long = "namespace")]
+        namespace: Option<String>,
+        #[arg(short = 'A', long = "all-namespaces")]
+        all: bool,
+        #[arg(short = 'o', long = "output")]
+        output: Option<String>,
+    },
+    /// Create or update objects from a YAML file (`-` for stdin).
+    Apply {
+        #[arg(short = 'f', long = "filename")]
+        file: String,
+    },
+    /// Delete the objects named in a YAML file (`-` for stdin).
+    Delete {
+        #[arg(short = 'f', long = "filename")]
+        file: String,
+    },
+    /// Run a command inside a pod (with its resolv.conf and hosts), or inside
+    /// a node or the external host with --node.
+    Exec {
+        pod: Option<String>,
+        #[arg(short = 'n', long = "namespace", default_value = "default")]
+        namespace: String,
+        #[arg(long)]
+        node: Option<String>,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Print a pod's container output.
+    Logs {
+        pod: String,
+        #[arg(short = 'n', long = "namespace", default_value = "default")]
+        namespace: String,
+        #[arg(short = 'c', long = "container")]
+        container: Option<String>,
+    },
+    /// List the labs on this machine.
+    List,
+    /// Print the built-in example manifest.
+    Example,
+    /// The lab's background supervisor (started by `lab up`).
+    #[command(hide = true)]
+    Supervise,
+}
+
+fn read_file(file: &str) -> Result<String> {
+    if file == "-" {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("cannot read stdin")?;
+        return Ok(text);
+    }
+    std::fs::read_to_string(file).with_context(|| format!("cannot read {file}"))
+}
+
+pub fn run(args: LabArgs) -> Result<()> {
+    let name = args.name.as_str();
+    let exe = std::env::current_exe().context("cannot find the podwire binary")?;
+    let mut progress = |msg: &str| println!("  {msg}");
+    match args.command {
+        LabCmd::Up { file } => {
+            let manifest = match &file {
+                Some(f) => read_file(f)?,
+                None => podwire_model::builtin_example().to_string(),
+            };
+            println!(
+                "lab {name}: building {}",
+                file.as_deref().unwrap_or("the built-in example")
+            );
+            let summary = podwire_lab::up(name, &manifest, &exe, &mut progress)?;
+            println!("{summary}");
+            print_hints(name)?;
+        }
+        LabCmd::Down => println!("{}", podwire_lab::down(name)?),
+        LabCmd::Get {
+            resource,
+            namespace,
+            all,
+            output,
+        } => {
+            let output = match output.as_deref() {
+                None => Output::Table,
+                Some("wide") => Output::Wide,
+                Some("yaml") => Output::Yaml,
+                Some(other) => bail!("unknown output format {other:?}: use wide or yaml"),
+            };
+            let namespace = if all {
+                None
+            } else {
+                Some(namespace.unwrap_or_else(|| "default".into()))
+            };
+            let state = podwire_lab::state(name)?;
+            print!(
+                "{}",
+                podwire_lab::get::render(
+                    &state,
+                    &Query {
+                        resource,
+                        namespace,
+                        output
+                    }
+                )?
+            );
+        }
+        LabCmd::Apply { file } => {
+            podwire_lab::apply(name, &read_file(&file)?, &mut progress)?;
+            println!("applied");
+        }
+        LabCmd::Delete { file } => {
+            podwire_lab::delete(name, &read_file(&file)?, &mut progress)?;
+            println!("deleted");
+        }
+        LabCmd::Exec {
+            pod,
+            namespace,
+            node,
+            command,
+        } => {
+            let code = match (pod, node) {
+                (_, Some(node)) => podwire_lab::exec_node(name, &node, &command)?,
+                (Some(pod), None) => podwire_lab::exec_pod(name, &namespace, &pod, &command)?,
+                (None, None) => bail!("name a pod, or a node with --node"),
+            };
+            std::process::exit(code);
+        }
+        LabCmd::Logs {
+            pod,
+            namespace,
+            container,
+        } => {
+            print!(
+                "{}",
+                podwire_lab::logs(name, &namespace, &pod, container.as_deref())?
+            );
+        }
+        LabCmd::List => {
+            for lab in podwire_lab::paths::list_labs() {
+                println!("{lab}");
+            }
+        }
+        LabCmd::Example => print!("{}", podwire_model::builtin_example()),
+        LabCmd::Supervise => podwire_lab::supervise(name, &exe)?,
+    }
+    Ok(())
+}
+
+/// How to try the lab that just came up, with its real addresses.
+fn print_hints(name: &str) -> Result<()> {
+    let state = podwire_lab::state(name)?;
+    let flag = if name == "lab" {
+        String::new()
+    } else {
+        format!(" --name {name}")
+    };
+    println!("\nTry it:");
+    println!("  podwire lab get pods -A -o wide{flag}");
+    let web = state.pods.values().find_map(|p| {
+        let ip = p.status.as_ref()?.pod_ip.clone()?;
+        let port = p
+            .spec
+            .as_ref()?
+            .containers
+            .iter()
+            .find(|c| c.command.is_none())?
+            .ports
+            .as_ref()?
+            .first()?
+            .container_port;
+        Some((p.metadata.name.clone().unwrap_or_default(), ip, port))
+    });
+    let client = state
+        .pods
+        .values()
+        .find(|p| p.metadata.name.as_deref() == Some("client"));
+    if let (Some((pod, ip, port)), Some(_)) = (&web, client) {
+        println!(
+            "  podwire lab exec client{flag} -- curl -s http://{ip}:{port}/      # reaches {pod} across nodes, no NAT"
+        );
+    }
+    if let Some(ext) =
+        podwire_lab::supervisor::load_record(&podwire_lab::paths::LabPaths::new(name)?)?
+            .spec
+            .external
+    {
+        println!(
+            "  podwire lab exec --node {}{flag} -- ping -c1 {}",
+            ext.name,
+            state
+                .node_infos()
+                .first()
+                .map(|n| n.internal_ip.to_string())
+                .unwrap_or_default()
+        );
+    }
+    println!("  podwire lab exec --node node01{flag} -- ip route");
+    println!("  podwire lab down{flag}");
+    Ok(())
+}
