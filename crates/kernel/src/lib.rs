@@ -7,11 +7,13 @@
 pub mod addr;
 pub mod conntrack;
 pub mod link;
+pub mod neigh;
 pub mod netns;
 pub mod nft;
 pub mod route;
 pub mod rtnl;
 pub mod sysctl;
+pub mod vxlan;
 
 pub use netns::Netns;
 pub use rtnl::Netlink;

@@ -80,6 +80,9 @@ impl LabPaths {
     pub fn ipam_dir(&self, node: &str) -> PathBuf {
         self.node_dir(node).join("ipam")
     }
+    pub fn agent_status(&self, node: &str) -> PathBuf {
+        self.node_dir(node).join("agent-status.json")
+    }
     pub fn agent_log(&self, node: &str) -> PathBuf {
         self.node_dir(node).join("agent.log")
     }

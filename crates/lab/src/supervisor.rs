@@ -253,6 +253,8 @@ impl Controller {
         let mut cmd = spawn::command(&self.exe, &sandbox)?;
         cmd.args(["agent", "--node", node, "--source"])
             .arg(format!("files:{}", self.paths.cluster().display()))
+            .arg("--status-file")
+            .arg(self.paths.agent_status(node))
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err);
@@ -426,9 +428,62 @@ impl Controller {
             waits.push(created);
         }
         self.refresh_endpoints()?;
-        self.store.bump()?;
+        let generation = self.store.bump()?;
+        self.wait_agents(generation)?;
         for pod in waits {
             self.wait_ready(&pod)?;
+        }
+        Ok(())
+    }
+
+    /// Waits until every node agent has programmed routes for `generation`
+    /// (or later); an agent that cannot is a failure with its diagnostic.
+    fn wait_agents(&self, generation: u64) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut pending: Vec<String> = self.plan.nodes.iter().map(|n| n.name.clone()).collect();
+        let mut errors: BTreeMap<String, String> = BTreeMap::new();
+        while !pending.is_empty() {
+            pending.retain(|node| {
+                let status = std::fs::read(self.paths.agent_status(node))
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<podwire_routing::AgentStatus>(&b).ok());
+                match status {
+                    Some(s) if s.generation >= generation && s.ok => {
+                        errors.remove(node);
+                        false
+                    }
+                    Some(s) if s.generation >= generation => {
+                        errors.insert(node.clone(), s.error.unwrap_or_default());
+                        true
+                    }
+                    _ => true,
+                }
+            });
+            if pending.is_empty() {
+                break;
+            }
+            // A node whose agent reported a failure for this generation will
+            // retry, but the cause (e.g. host-gw across a router) will not go
+            // away by itself: report it after a short grace period.
+            if !errors.is_empty() && errors.len() == pending.len() || Instant::now() > deadline {
+                let detail: Vec<String> = pending
+                    .iter()
+                    .map(|n| {
+                        format!(
+                            "node {n}: {}",
+                            errors
+                                .get(n)
+                                .cloned()
+                                .unwrap_or_else(|| "the agent did not report (see its log)".into())
+                        )
+                    })
+                    .collect();
+                return Err(LabError::Failed(format!(
+                    "pod routes are not in place: {}",
+                    detail.join("; ")
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
         Ok(())
     }

@@ -2,6 +2,7 @@
 //! CNI_COMMAND is set it is a CNI plugin (a runtime executes it as
 //! `"type": "podwire"`); otherwise it is the command-line tool.
 
+mod agent;
 mod demo;
 mod lab;
 mod serve;
@@ -43,6 +44,9 @@ enum Cmd {
     /// A multi-node cluster network built from network namespaces on this
     /// machine, running podwire's components.
     Lab(lab::LabArgs),
+    /// The node agent: pod routes between nodes (host-gw or VXLAN) and egress
+    /// masquerade; `podwire agent plan` prints what it would program.
+    Agent(agent::AgentArgs),
 }
 
 fn main() {
@@ -55,6 +59,7 @@ fn main() {
         Cmd::Demo { keep, cleanup } => demo::run(keep, cleanup),
         Cmd::Serve { listen } => serve::run(&listen),
         Cmd::Lab(args) => lab::run(args),
+        Cmd::Agent(args) => agent::run(args),
     };
     if let Err(err) = outcome {
         eprintln!("error: {err:#}");
