@@ -35,6 +35,10 @@ fn ipam_of(conf: &NetConf) -> Result<Ipam> {
     };
     match ipam.get("type").and_then(Value::as_str).unwrap_or("") {
         "" | "podwire" => Ok(Ipam::Local(ipam::IpamConfig::from_json(ipam)?)),
+        other if crate::PLUGIN_TYPES.contains(&other) => Err(Error::config(
+            format!("ipam type {other:?} is not an IPAM plugin"),
+            "use \"podwire\" (or no type) for podwire's own IPAM, or host-local, dhcp, static",
+        )),
         other => Ok(Ipam::Delegated(other.to_string())),
     }
 }
@@ -177,6 +181,24 @@ pub fn add(conf: &NetConf, env: &Env) -> Result<CniResult> {
     let mut undo = Undo::default();
     let outcome = ipam_add(conf, env, &ipam)?;
     undo.ipam = true;
+    // The record exists before anything else does, so a plugin killed at any
+    // later point leaves something GC and DEL can undo.
+    let subnets: Vec<IpNet> = outcome.ips.iter().map(|i| i.address.trunc()).collect();
+    let record = Attachment {
+        container_id: env.container_id.clone(),
+        ifname: env.ifname.clone(),
+        host_veth: Some(host_veth_name(&conf.name, &env.container_id, &env.ifname)),
+        netid: firewall::network_id(&conf.name, &subnets),
+        ips: outcome.ips.iter().map(|i| i.address.addr()).collect(),
+        ip_masq: opts.ip_masq,
+        port_mappings: mappings.clone(),
+        spoof_mac: None,
+    };
+    if let Err(err) = state::save(&state_dir(conf), &conf.name, &record) {
+        rollback(conf, env, &ipam, undo);
+        return Err(err);
+    }
+    undo.firewall = Some(record);
     match add_with(
         conf, env, opts, &netns, peer_mac, &outcome, &mappings, &mut undo,
     ) {
@@ -245,7 +267,12 @@ fn add_with(
         .link_by_name(&host_name)?
         .ok_or_else(|| Error::internal("veth vanished after creation", &host_name))?;
     host.set_link(host_link.index, Some(true), Some(bridge.index), None)?;
-    if opts.hairpin_mode {
+    // A bridge without a fixed MAC takes the lowest of its ports' MACs, so
+    // its address is only final once this port is attached.
+    let bridge = host.link_by_index(bridge.index)?.unwrap_or(bridge);
+    // A container reaching its own published port is DNATed back out of the
+    // port it came in on; with bridge netfilter active that needs hairpin.
+    if opts.hairpin_mode || !mappings.is_empty() {
         host.set_bridge_port_hairpin(host_link.index, true)?;
     }
     if let Some(vid) = opts.vlan {
@@ -257,6 +284,12 @@ fn add_with(
     let ctr_link = ctr.link_by_name(&env.ifname)?.ok_or_else(|| {
         Error::internal("container interface vanished after creation", &env.ifname)
     })?;
+    if !opts.enabledad && outcome.ips.iter().any(|ip| ip.address.addr().is_ipv6()) {
+        // As the reference plugin: no duplicate address detection on this
+        // interface at all (link-local included), so IPv6 works at once.
+        let path = format!("net/ipv6/conf/{}/accept_dad", env.ifname);
+        netns.run(|| sysctl::ensure(&path, "0"))??;
+    }
     for ip in &outcome.ips {
         ctr.add_address(ctr_link.index, &ip.address, !opts.enabledad)
             .map_err(|e| {
@@ -312,26 +345,17 @@ fn add_with(
     }
 
     // Firewall: masquerade and published ports as map elements.
-    let att = Attachment {
-        container_id: env.container_id.clone(),
-        ifname: env.ifname.clone(),
-        host_veth: Some(host_name.clone()),
-        netid: firewall::network_id(
-            &conf.name,
-            &outcome
-                .ips
-                .iter()
-                .map(|i| i.address.trunc())
-                .collect::<Vec<_>>(),
-        ),
-        ips: outcome.ips.iter().map(|i| i.address.addr()).collect(),
-        ip_masq: opts.ip_masq,
-        port_mappings: mappings.to_vec(),
-        spoof_mac: opts.macspoofchk.then(|| ctr_link.mac_string()),
-    };
+    let mut att = undo
+        .firewall
+        .clone()
+        .ok_or_else(|| Error::internal("attachment record missing", &env.container_id))?;
+    att.spoof_mac = opts.macspoofchk.then(|| ctr_link.mac_string());
+    if att.spoof_mac.is_some() {
+        state::save(&state_dir(conf), &conf.name, &att)?;
+        undo.firewall = Some(att.clone());
+    }
     let subnets: Vec<IpNet> = outcome.ips.iter().map(|i| i.address.trunc()).collect();
     if att.ip_masq || !att.port_mappings.is_empty() || att.spoof_mac.is_some() {
-        undo.firewall = Some(att.clone());
         fw::install(&att, &subnets)?;
         if !att.port_mappings.is_empty() && att.ips.iter().any(IpAddr::is_ipv4) {
             // Lets host processes reach 127.0.0.1:hostPort: the DNATed packet
@@ -342,8 +366,6 @@ fn add_with(
             )?;
         }
     }
-    state::save(&state_dir(conf), &conf.name, &att)?;
-
     let mut result = CniResult {
         interfaces: vec![
             Interface {
@@ -395,6 +417,16 @@ fn ensure_bridge(host: &mut Netlink, opts: &BridgeOptions) -> Result<Link> {
                 Ok(()) => {}
                 // Another ADD created it first.
                 Err(e) if e.errno() == Some(libc::EEXIST) => {}
+                Err(e) if opts.vlan.is_some() && e.errno() == Some(libc::EOPNOTSUPP) => {
+                    return Err(Error::new(
+                        Code::UnsupportedField,
+                        format!(
+                            "cannot create bridge {} with VLAN filtering: this kernel does not support it",
+                            opts.bridge
+                        ),
+                        "the kernel lacks CONFIG_BRIDGE_VLAN_FILTERING; remove \"vlan\" from the configuration",
+                    ));
+                }
                 Err(e) => {
                     return Err(Error::internal(
                         format!("cannot create bridge {}", opts.bridge),

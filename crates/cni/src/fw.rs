@@ -73,6 +73,7 @@ pub fn remove(att: &Attachment) -> Result<()> {
     if !nft::table_exists(Family::Inet, TABLE).map_err(|e| nft_error("looking up the table", e))? {
         return Ok(());
     }
+    let elements = owned_elements(elements)?;
     let batch = ElementBatch {
         add: Vec::new(),
         delete: elements,
@@ -91,6 +92,34 @@ pub fn remove(att: &Attachment) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Keeps the elements that are really this attachment's. A published port's
+/// key (protocol . port) can belong to another container, e.g. when this ADD
+/// was refused because the port was taken: only an element whose value
+/// points at this container's address is deleted. Other keys hold this
+/// container's own address and are deleted as they are.
+fn owned_elements(elements: Vec<nft::Element>) -> Result<Vec<nft::Element>> {
+    let mut kernel: std::collections::BTreeMap<String, Vec<nft::RawElement>> = Default::default();
+    let mut out = Vec::new();
+    for element in elements {
+        if !matches!(element.data, nft::ElementData::Value(_)) {
+            out.push(element);
+            continue;
+        }
+        if !kernel.contains_key(&element.set) {
+            let list = nft::list_elements(Family::Inet, TABLE, &element.set)
+                .map_err(|e| nft_error("listing elements", e))?;
+            kernel.insert(element.set.clone(), list);
+        }
+        if kernel
+            .get(&element.set)
+            .is_some_and(|list| list.iter().any(|raw| raw.is(&element)))
+        {
+            out.push(element);
+        }
+    }
+    Ok(out)
 }
 
 fn spoof_elements(att: &Attachment) -> Option<Vec<nft::Element>> {

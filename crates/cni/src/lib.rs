@@ -81,10 +81,14 @@ fn dispatch(vars: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Result<Optio
             return Err(Error::new(
                 Code::IncompatibleVersion,
                 format!(
-                    "{:?} is not defined for cniVersion {}",
-                    env.command, conf.version
-                )
-                .to_uppercase(),
+                    "{} is not defined for cniVersion {}",
+                    if env.command == Command::Gc {
+                        "GC"
+                    } else {
+                        "STATUS"
+                    },
+                    conf.version
+                ),
                 "GC and STATUS need cniVersion 1.1.0",
             ));
         }

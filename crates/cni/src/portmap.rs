@@ -63,11 +63,37 @@ pub fn add(conf: &NetConf, env: &Env) -> Result<CniResult> {
         spoof_mac: None,
     };
     fw::install(&att, &subnets)?;
+    if let Err(e) = prepare_host_side(&prev) {
+        let _ = fw::remove(&att);
+        return Err(e);
+    }
     if let Err(e) = state::save(&state_dir(conf), &conf.name, &att) {
         let _ = fw::remove(&att);
         return Err(e);
     }
     Ok(prev)
+}
+
+/// What the published ports need from the host side of the previous
+/// plugin's interfaces: `route_localnet` on the bridge, so host processes
+/// reach 127.0.0.1:hostPort, and hairpin on the container's bridge port, so
+/// the container reaches its own published port.
+fn prepare_host_side(prev: &CniResult) -> Result<()> {
+    let mut nl = podwire_kernel::Netlink::new()?;
+    for iface in prev.interfaces.iter().filter(|i| i.sandbox.is_none()) {
+        let Some(link) = nl.link_by_name(&iface.name)? else {
+            continue;
+        };
+        if link.kind.as_deref() == Some("bridge") {
+            podwire_kernel::sysctl::ensure(
+                &format!("net/ipv4/conf/{}/route_localnet", link.name),
+                "1",
+            )?;
+        } else if link.master.is_some() {
+            nl.set_bridge_port_hairpin(link.index, true)?;
+        }
+    }
+    Ok(())
 }
 
 pub fn del(conf: &NetConf, env: &Env) -> Result<()> {

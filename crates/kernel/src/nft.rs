@@ -21,7 +21,6 @@ const NFT_MSG_NEWSETELEM: u16 = 12;
 const NFT_MSG_GETSETELEM: u16 = 13;
 const NFT_MSG_DELSETELEM: u16 = 14;
 const NFT_MSG_DESTROYSETELEM: u16 = 30;
-const NFT_MSG_NEWSETELEM_REPLY: u16 = NFT_MSG_NEWSETELEM;
 
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
@@ -509,8 +508,47 @@ pub fn chain_exists(family: Family, table: &str, chain: &str) -> Result<bool> {
         .is_some())
 }
 
-/// Number of elements in a set (0 when the set or table is missing).
-pub fn count_elements(family: Family, table: &str, set: &str) -> Result<usize> {
+/// Walks netlink attributes: (type without the nested flag, payload).
+fn attributes(buf: &[u8]) -> Vec<(u16, &[u8])> {
+    let mut out = Vec::new();
+    let mut offset = 0;
+    while offset + 4 <= buf.len() {
+        let len = u16::from_ne_bytes([buf[offset], buf[offset + 1]]) as usize;
+        let kind = u16::from_ne_bytes([buf[offset + 2], buf[offset + 3]]) & !NLA_F_NESTED;
+        if len < 4 || offset + len > buf.len() {
+            break;
+        }
+        out.push((kind, &buf[offset + 4..offset + len]));
+        offset += (len + 3) & !3;
+    }
+    out
+}
+
+/// One element as the kernel holds it: the key's bytes and, for maps with
+/// value data, the value's bytes (verdicts are reported as None).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawElement {
+    pub key: Vec<u8>,
+    pub value: Option<Vec<u8>>,
+}
+
+impl RawElement {
+    /// Whether this kernel element is exactly `element` (key and value).
+    pub fn is(&self, element: &Element) -> bool {
+        if self.key != encode_fields(&element.key) {
+            return false;
+        }
+        match &element.data {
+            ElementData::Value(fields) => {
+                self.value.as_deref() == Some(encode_fields(fields).as_slice())
+            }
+            ElementData::None | ElementData::Jump(_) => true,
+        }
+    }
+}
+
+/// Every element of a set or map (empty when the set or table is missing).
+pub fn list_elements(family: Family, table: &str, set: &str) -> Result<Vec<RawElement>> {
     let mut body = Attrs::new();
     body.put_str(NFTA_SET_ELEM_LIST_TABLE, table);
     body.put_str(NFTA_SET_ELEM_LIST_SET, set);
@@ -523,36 +561,43 @@ pub fn count_elements(family: Family, table: &str, set: &str) -> Result<usize> {
         "list set elements",
     )?
     else {
-        return Ok(0);
+        return Ok(Vec::new());
     };
-    let mut count = 0;
+    let mut out = Vec::new();
     for reply in replies {
-        // Skip nfgenmsg, then walk attributes to the element list.
-        let attrs = reply.get(4..).unwrap_or_default();
-        let mut offset = 0;
-        while offset + 4 <= attrs.len() {
-            let len = u16::from_ne_bytes([attrs[offset], attrs[offset + 1]]) as usize;
-            let kind = u16::from_ne_bytes([attrs[offset + 2], attrs[offset + 3]]) & !NLA_F_NESTED;
-            if len < 4 || offset + len > attrs.len() {
-                break;
+        // Skip nfgenmsg, then find the element list.
+        for (kind, list) in attributes(reply.get(4..).unwrap_or_default()) {
+            if kind != NFTA_SET_ELEM_LIST_ELEMENTS {
+                continue;
             }
-            if kind == NFTA_SET_ELEM_LIST_ELEMENTS {
-                let inner = &attrs[offset + 4..offset + len];
-                let mut pos = 0;
-                while pos + 4 <= inner.len() {
-                    let l = u16::from_ne_bytes([inner[pos], inner[pos + 1]]) as usize;
-                    if l < 4 {
-                        break;
+            for (_, elem) in attributes(list) {
+                let mut raw = RawElement {
+                    key: Vec::new(),
+                    value: None,
+                };
+                for (attr, payload) in attributes(elem) {
+                    let value = || {
+                        attributes(payload)
+                            .into_iter()
+                            .find(|(k, _)| *k == NFTA_DATA_VALUE)
+                            .map(|(_, v)| v.to_vec())
+                    };
+                    match attr {
+                        NFTA_SET_ELEM_KEY => raw.key = value().unwrap_or_default(),
+                        NFTA_SET_ELEM_DATA => raw.value = value(),
+                        _ => {}
                     }
-                    count += 1;
-                    pos += (l + 3) & !3;
                 }
+                out.push(raw);
             }
-            offset += (len + 3) & !3;
         }
     }
-    let _ = NFT_MSG_NEWSETELEM_REPLY;
-    Ok(count)
+    Ok(out)
+}
+
+/// Number of elements in a set (0 when the set or table is missing).
+pub fn count_elements(family: Family, table: &str, set: &str) -> Result<usize> {
+    Ok(list_elements(family, table, set)?.len())
 }
 
 /// Loads an nftables script with `nft -f -` in the calling process's

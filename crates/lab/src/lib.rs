@@ -96,15 +96,15 @@ pub fn down(name: &str) -> Result<String> {
         return Err(LabError::NoSuchLab(name.to_string()));
     }
     if supervisor::request(&paths, "down", "", &mut |_| {}).is_err() {
-        if let Ok(pid) = std::fs::read_to_string(paths.supervisor_pid()) {
-            if let Ok(pid) = pid.trim().parse::<i32>() {
-                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-                if String::from_utf8_lossy(&cmdline).contains("supervise") {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                }
+        if let Ok(pid) = std::fs::read_to_string(paths.supervisor_pid())
+            && let Ok(pid) = pid.trim().parse::<i32>()
+        {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains("supervise") {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
             }
         }
         supervisor::teardown(&paths);

@@ -154,10 +154,10 @@ fn plugin_confs(conflist: &Value, runtime_config: &Value) -> Vec<Value> {
             let mut rc = serde_json::Map::new();
             if let Some(caps) = plugin["capabilities"].as_object() {
                 for (cap, on) in caps {
-                    if on.as_bool() == Some(true) {
-                        if let Some(v) = runtime_config.get(cap) {
-                            rc.insert(cap.clone(), v.clone());
-                        }
+                    if on.as_bool() == Some(true)
+                        && let Some(v) = runtime_config.get(cap)
+                    {
+                        rc.insert(cap.clone(), v.clone());
                     }
                 }
             }

@@ -59,10 +59,10 @@ pub fn apply(cmd: &mut Command, sandbox: &Sandbox) -> Result<()> {
     // sethostname) on data prepared before fork.
     unsafe {
         cmd.pre_exec(move || {
-            if let Some(ns) = &netns {
-                if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
+            if let Some(ns) = &netns
+                && libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0
+            {
+                return Err(std::io::Error::last_os_error());
             }
             let mut flags = 0;
             if !binds.is_empty() {
@@ -99,10 +99,10 @@ pub fn apply(cmd: &mut Command, sandbox: &Sandbox) -> Result<()> {
                     }
                 }
             }
-            if let Some(name) = &hostname {
-                if libc::sethostname(name.as_ptr().cast(), name.len()) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
+            if let Some(name) = &hostname
+                && libc::sethostname(name.as_ptr().cast(), name.len()) != 0
+            {
+                return Err(std::io::Error::last_os_error());
             }
             Ok(())
         });

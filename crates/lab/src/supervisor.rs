@@ -857,12 +857,12 @@ impl Controller {
             else {
                 continue;
             };
-            if let Ok(child) = runtime::start_container(&self.paths, &self.exe, &p, &spec) {
-                if let Some(proc) = self.containers.get_mut(&(ns, pod, container)) {
-                    proc.child = child;
-                    proc.restarts += 1;
-                    proc.started = Instant::now();
-                }
+            if let Ok(child) = runtime::start_container(&self.paths, &self.exe, &p, &spec)
+                && let Some(proc) = self.containers.get_mut(&(ns, pod, container))
+            {
+                proc.child = child;
+                proc.restarts += 1;
+                proc.started = Instant::now();
             }
         }
         let dead_agents: Vec<String> = self
@@ -877,10 +877,10 @@ impl Controller {
             .collect();
         for node in dead_agents {
             let restarts = self.agents.get(&node).map(|p| p.restarts).unwrap_or(0);
-            if self.start_agent(&node).is_ok() {
-                if let Some(p) = self.agents.get_mut(&node) {
-                    p.restarts = restarts + 1;
-                }
+            if self.start_agent(&node).is_ok()
+                && let Some(p) = self.agents.get_mut(&node)
+            {
+                p.restarts = restarts + 1;
             }
         }
     }

@@ -52,6 +52,7 @@ fn ensure_bridge(nl: &mut Netlink, name: &str) -> Result<u32> {
 
 /// A cable from `bridge` in the switch to `inner_name` inside namespace
 /// `inner_ns`, with the inner end addressed and up.
+#[allow(clippy::too_many_arguments)]
 fn cable(
     switch: &mut Netlink,
     bridge: u32,
