@@ -4,11 +4,11 @@
 pub enum LabError {
     #[error("{0}")]
     Invalid(String),
-    #[error("manifest: {0}")]
+    #[error(transparent)]
     Model(#[from] podwire_model::ModelError),
-    #[error("kernel: {0}")]
+    #[error(transparent)]
     Kernel(#[from] podwire_kernel::Error),
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Io {
         what: String,
         #[source]

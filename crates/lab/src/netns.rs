@@ -29,6 +29,12 @@ fn record(paths: &LabPaths, names: &BTreeSet<String>) -> Result<()> {
 /// Creates a namespace (recording it first, so a crash cannot leak it) with
 /// its loopback up.
 pub fn create(paths: &LabPaths, name: &str) -> Result<()> {
+    if exists(name) {
+        // Never adopt (and later delete) a namespace this lab did not make.
+        return Err(LabError::Failed(format!(
+            "network namespace {name} already exists and is not this lab's: remove it or choose another lab name"
+        )));
+    }
     let mut names = recorded(paths);
     names.insert(name.to_string());
     record(paths, &names)?;
@@ -38,6 +44,8 @@ pub fn create(paths: &LabPaths, name: &str) -> Result<()> {
         .output()
         .map_err(|e| LabError::io("cannot run `ip` (install iproute2)", e))?;
     if !out.status.success() {
+        names.remove(name);
+        record(paths, &names)?;
         return Err(LabError::Failed(format!(
             "ip netns add {name}: {}",
             String::from_utf8_lossy(&out.stderr).trim()

@@ -90,22 +90,27 @@ impl LabPaths {
         self.dir.join("pods").join(namespace).join(pod)
     }
 
-    // Namespace names: `pwl-<lab>-…`, so every lab's namespaces are
-    // recognisable in `ip netns list` and never collide across labs.
+    // Namespace names: `pwl-<lab>_<role>_<names…>`. Lab names, node names
+    // and Kubernetes namespaces never contain '_', and pod names never do
+    // either, so no two objects (in one lab or across labs) can share a
+    // name, and `pwl-<lab>_` finds exactly one lab's namespaces.
+    pub fn netns_prefix(&self) -> String {
+        format!("pwl-{}_", self.name)
+    }
     pub fn switch_ns(&self) -> String {
-        format!("pwl-{}-switch", self.name)
+        format!("{}switch", self.netns_prefix())
     }
     pub fn router_ns(&self) -> String {
-        format!("pwl-{}-router", self.name)
+        format!("{}router", self.netns_prefix())
     }
     pub fn node_ns(&self, node: &str) -> String {
-        format!("pwl-{}-n-{node}", self.name)
+        format!("{}n_{node}", self.netns_prefix())
     }
     pub fn external_ns(&self, name: &str) -> String {
-        format!("pwl-{}-x-{name}", self.name)
+        format!("{}x_{name}", self.netns_prefix())
     }
     pub fn pod_ns(&self, namespace: &str, pod: &str) -> String {
-        format!("pwl-{}-p-{namespace}-{pod}", self.name)
+        format!("{}p_{namespace}_{pod}", self.netns_prefix())
     }
 }
 

@@ -359,7 +359,10 @@ pub fn create_sandbox(
     let dir = paths.pod_dir(&namespace, &name);
     std::fs::create_dir_all(&dir)
         .map_err(|e| LabError::io(format!("cannot create {}", dir.display()), e))?;
-    netns::create(paths, &ns_name)?;
+    if let Err(e) = netns::create(paths, &ns_name) {
+        let _ = std::fs::remove_dir_all(&dir);
+        return Err(e);
+    }
     let call = CniCall {
         paths,
         node,
@@ -372,6 +375,7 @@ pub fn create_sandbox(
         Ok(r) => r,
         Err(e) => {
             let _ = netns::delete(paths, &ns_name);
+            let _ = std::fs::remove_dir_all(&dir);
             return Err(e);
         }
     };

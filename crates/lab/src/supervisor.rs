@@ -515,11 +515,23 @@ impl Controller {
         self.spec = next;
         self.plan = plan;
         save_record(&self.paths, &self.spec)?;
-        for node in added {
-            let planned = self.planned(&node.name)?;
-            self.add_node(&planned, progress)?;
+        let names: Vec<String> = added.iter().map(|n| n.name.clone()).collect();
+        let outcome = (|| -> Result<()> {
+            for node in &added {
+                let planned = self.planned(&node.name)?;
+                self.add_node(&planned, progress)?;
+            }
+            let generation = self.store.bump()?;
+            self.wait_agents(generation)
+        })();
+        if let Err(e) = outcome {
+            // A node whose routes cannot work is not left half in the lab.
+            for name in &names {
+                let _ = self.remove_node(name);
+            }
+            self.store.bump()?;
+            return Err(e);
         }
-        self.store.bump()?;
         Ok(())
     }
 
@@ -552,6 +564,7 @@ impl Controller {
             let _ = agent.child.wait();
         }
         topology::remove_node(&self.paths, name)?;
+        let _ = std::fs::remove_dir_all(self.paths.node_dir(name));
         self.spec.nodes.retain(|n| n.name != name);
         self.plan.nodes.retain(|n| n.name != name);
         save_record(&self.paths, &self.spec)?;

@@ -70,8 +70,10 @@ fn main() {
 fn init_logs(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PODWIRE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    use std::io::IsTerminal;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .with_target(false)
         .try_init();

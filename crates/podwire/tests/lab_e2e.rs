@@ -60,14 +60,18 @@ fn lab_processes(lab: &Lab) -> Vec<(i32, String)> {
         .collect()
 }
 
-/// Asserts none of `procs` is still alive (a reused pid has another
-/// command line).
+/// Asserts none of `procs` is alive (a reused pid has another command
+/// line), allowing a killed process a moment to finish exiting.
 fn assert_all_dead(what: &str, procs: &[(i32, String)]) {
-    let alive: Vec<_> = procs
-        .iter()
-        .filter(|(pid, cmd)| cmdline(*pid).as_deref() == Some(cmd.as_str()))
-        .collect();
-    assert!(alive.is_empty(), "{what}: processes still alive: {alive:?}");
+    let alive = || -> Vec<&(i32, String)> {
+        procs
+            .iter()
+            .filter(|(pid, cmd)| cmdline(*pid).as_deref() == Some(cmd.as_str()))
+            .collect()
+    };
+    let _ = poll(Duration::from_secs(1), || alive().is_empty().then_some(()));
+    let left = alive();
+    assert!(left.is_empty(), "{what}: processes still alive: {left:?}");
 }
 
 // ---------------------------------------------------------------------------
@@ -81,6 +85,19 @@ fn example_lab_pods_reach_each_other_same_node_and_across_nodes_without_nat() {
         up.stdout.contains("lab exec client") && up.stdout.contains("lab down"),
         "lab up should print how to try the lab: {}",
         up.describe()
+    );
+    // The printed curl hint works as printed.
+    let hint = up
+        .stdout
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no curl hint: {}", up.describe()));
+    let answer = lab.curl("default", "client", hint);
+    assert!(
+        answer
+            .get("hostname")
+            .is_some_and(|h| h.starts_with("web-")),
+        "the hint should reach a web pod: {answer:?}"
     );
     let pods = lab.pods();
     assert!(
@@ -307,7 +324,16 @@ fn egress_to_the_external_host_is_masqueraded_to_the_node_ip() {
     );
     lab.exec_node("external", &["sh", "-c", &server])
         .expect_ok();
-    let external_ns = format!("pwl-{}-x-external", lab.name);
+    poll(Duration::from_secs(5), || {
+        lab.exec_node(
+            "external",
+            &["curl", "-s", "-m", "1", "http://127.0.0.1:8080/"],
+        )
+        .ok()
+        .then_some(())
+    })
+    .expect("the external server never answered on 127.0.0.1:8080");
+    let external_ns = format!("pwl-{}_x_external", lab.name);
     let servers: Vec<(i32, String)> = netns_pids(&external_ns)
         .into_iter()
         .filter_map(|pid| Some((pid, cmdline(pid)?)))
@@ -319,15 +345,6 @@ fn egress_to_the_external_host_is_masqueraded_to_the_node_ip() {
         "the external server should run: {servers:?}"
     );
     let _kill = KillOnDrop(servers);
-    poll(Duration::from_secs(5), || {
-        lab.exec_node(
-            "external",
-            &["curl", "-s", "-m", "1", "http://127.0.0.1:8080/"],
-        )
-        .ok()
-        .then_some(())
-    })
-    .expect("the external server never answered on 127.0.0.1:8080");
 
     // The external host has no route back to pod addresses, and neither has
     // the router: only the node's address can come back.
@@ -511,7 +528,11 @@ fn two_labs_with_the_same_subnets_run_side_by_side() {
     a.apply_text(only_a).expect_ok();
     let only = a.pod("default", "only-a");
     assert_reaches_without_nat(&a, &a.pod("default", "client"), &only);
-    let in_b = b.try_curl("default", "client", &url(&only.ip));
+    let in_b = b.exec_pod(
+        "default",
+        "client",
+        &["curl", "-s", "-m", "1", &url(&only.ip)],
+    );
     assert!(
         !in_b.stdout.contains("hostname=only-a"),
         "lab b reached lab a's pod: {}",
@@ -596,6 +617,24 @@ fn assert_nothing_left(
     );
 }
 
+/// Leaves a background process in the external host and one in the client
+/// pod, as a user's `lab exec ... &` would: `lab down` must end them too.
+fn start_strays(lab: &Lab) {
+    let stray = "sleep 297 >/dev/null 2>&1 &";
+    lab.exec_node("external", &["sh", "-c", stray]).expect_ok();
+    lab.exec_pod("default", "client", &["sh", "-c", stray])
+        .expect_ok();
+    // Both have exec'd `sleep` (not still the forked shell).
+    poll(Duration::from_secs(2), || {
+        let n = lab_processes(lab)
+            .iter()
+            .filter(|(_, c)| c == "sleep 297")
+            .count();
+        (n == 2).then_some(())
+    })
+    .expect("the stray processes did not start");
+}
+
 /// Sanity of an inventory: the lab really had namespaces, agents, pods,
 /// links, tables and IP allocations for `lab down` to remove.
 fn assert_substantial(lab: &Lab, inv: &Inventory) {
@@ -610,6 +649,16 @@ fn assert_substantial(lab: &Lab, inv: &Inventory) {
         "no pod workload found: {:?}",
         inv.processes
     );
+    let strays = inv
+        .processes
+        .iter()
+        .filter(|(_, c)| c == "sleep 297")
+        .count();
+    assert_eq!(strays, 2, "the stray processes: {:?}", inv.processes);
+    // The process check used after `lab down` sees the supervisor, the
+    // three agents and the three pods' processes.
+    let named = lab.named_processes();
+    assert!(named.len() >= 7, "the lab's own processes: {named:?}");
     assert!(inv.links.contains("podwire.1") && inv.links.contains("cni0"));
     assert!(
         inv.tables.iter().any(|t| t.contains("podwire")),
@@ -634,6 +683,7 @@ fn down_leaves_no_namespace_process_link_table_or_allocation() {
     let links_before = host_links();
     let tables_before = host_nft_tables();
     let lab = Lab::start("down", None);
+    start_strays(&lab);
     let before = inventory(&lab);
     assert_substantial(&lab, &before);
     lab.down().expect_ok();
@@ -645,6 +695,7 @@ fn down_after_the_supervisor_was_killed_still_removes_everything() {
     let links_before = host_links();
     let tables_before = host_nft_tables();
     let lab = Lab::start("kill", None);
+    start_strays(&lab);
     let before = inventory(&lab);
     assert_substantial(&lab, &before);
 
@@ -680,7 +731,7 @@ fn down_after_the_supervisor_was_killed_still_removes_everything() {
 // Bugs found while writing these tests (they fail until fixed).
 
 /// Pods a/b-c and a-b/c are distinct and valid; their sandboxes must not
-/// share the namespace name `pwl-<lab>-p-a-b-c`.
+/// share one namespace name (as `pwl-<lab>-p-a-b-c` once did).
 #[test]
 fn pods_whose_namespace_and_name_join_alike_get_their_own_sandboxes() {
     let lab = Lab::new("dash");

@@ -497,7 +497,7 @@ impl Lab {
 
     /// The lab's network namespaces, as `ip netns list` shows them.
     pub fn netns(&self) -> Vec<String> {
-        let prefix = format!("pwl-{}-", self.name);
+        let prefix = format!("pwl-{}_", self.name);
         all_netns()
             .into_iter()
             .filter(|n| n.starts_with(&prefix))
@@ -505,25 +505,31 @@ impl Lab {
     }
 
     pub fn node_netns(&self, node: &str) -> String {
-        format!("pwl-{}-n-{node}", self.name)
+        format!("pwl-{}_n_{node}", self.name)
     }
     pub fn pod_netns(&self, namespace: &str, pod: &str) -> String {
-        format!("pwl-{}-p-{namespace}-{pod}", self.name)
+        format!("pwl-{}_p_{namespace}_{pod}", self.name)
     }
 
-    /// Live processes that belong to this lab by their command line: any
-    /// that mentions the state directory (agents) and the supervisor.
+    /// Live processes that belong to this lab: the supervisor (`lab
+    /// supervise --name NAME`), any whose command line mentions the state
+    /// directory (agents), and any with one of the lab's files bind-mounted
+    /// (pod containers and `lab exec` in pods: their resolv.conf and hosts).
     pub fn named_processes(&self) -> Vec<(i32, String)> {
         let dir = format!("{}/", self.dir().display());
+        let mounted = format!("/podwire/labs/{}/", self.name);
         processes()
             .into_iter()
-            .filter(|(_, cmd)| {
+            .filter(|(pid, cmd)| {
                 let args: Vec<&str> = cmd.split(' ').collect();
                 let supervisor = args.contains(&"supervise")
                     && args
                         .windows(2)
                         .any(|w| w[0] == "--name" && w[1] == self.name);
-                supervisor || format!("{cmd}/").contains(&dir)
+                supervisor
+                    || format!("{cmd}/").contains(&dir)
+                    || std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
+                        .is_ok_and(|m| m.contains(&mounted))
             })
             .collect()
     }
@@ -543,6 +549,10 @@ impl Lab {
             self.name,
             self.dir().display()
         );
+        // A process killed just now may take a moment to finish exiting.
+        let _ = poll(Duration::from_secs(1), || {
+            self.named_processes().is_empty().then_some(())
+        });
         let procs = self.named_processes();
         assert!(
             procs.is_empty(),
