@@ -125,9 +125,11 @@ impl Store {
                 )
             })?;
         // Polling instead of a blocking flock bounds the wait, so a wedged
-        // holder turns into a retryable error rather than a hung runtime.
+        // holder turns into a retryable error rather than a hung runtime. The
+        // lock is held for well under a millisecond, so waiters poll often:
+        // long sleeps left a few of 100 parallel ADDs waiting for seconds.
         let deadline = Instant::now() + timeout;
-        let mut pause = Duration::from_millis(2);
+        let mut pause = Duration::from_micros(100);
         loop {
             match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
                 Ok(lock) => return Ok(Store { dir, _lock: lock }),
@@ -146,7 +148,7 @@ impl Store {
                     }
                     file = f;
                     std::thread::sleep(pause);
-                    pause = (pause * 2).min(Duration::from_millis(50));
+                    pause = (pause * 2).min(Duration::from_millis(2));
                 }
                 Err((_, errno)) => {
                     return Err(Error::io(
