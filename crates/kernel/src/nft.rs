@@ -672,3 +672,409 @@ mod tests {
         assert_eq!(seqs, vec![1]);
     }
 }
+
+// ---------------------------------------------------------------------------
+// Large element transactions (the service proxy).
+//
+// A proxy sync changes tens of thousands of elements of a dozen sets at
+// once and must never show the packet path a half-applied change: every
+// flush, delete and add of one sync goes into ONE nfnetlink batch (one
+// sendmsg, one kernel transaction). Two limits shape the encoding:
+// - a netlink attribute length is 16 bits, so the element list of one
+//   NEWSETELEM/DELSETELEM message must stay under 64 KiB: elements are
+//   split into as many messages as needed inside the same batch;
+// - a sendmsg larger than the socket's send buffer fails with EMSGSIZE,
+//   so the buffer is raised to the batch's size (SO_SNDBUFFORCE as root,
+//   SO_SNDBUF otherwise).
+// ---------------------------------------------------------------------------
+
+const NFT_MSG_DELCHAIN: u16 = 5;
+const NFTA_SET_ELEM_KEY_END: u16 = 10;
+const NFT_GOTO: i32 = -4;
+const NF_DROP: i32 = 0;
+const NF_ACCEPT: i32 = 1;
+/// Element lists are cut well below the 64 KiB attribute limit.
+const MAX_ELEMENT_LIST_BYTES: usize = 48 * 1024;
+
+/// Encodes set key or map value fields as the kernel stores them
+/// (concatenations padded to 32-bit registers), for callers that build
+/// [`SetElement`]s.
+pub fn encode_concat(fields: &[Field]) -> Vec<u8> {
+    encode_fields(fields)
+}
+
+/// A verdict stored in a verdict map.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Verdict {
+    Accept,
+    Drop,
+    Jump(String),
+    Goto(String),
+}
+
+/// What a [`SetElement`] maps to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SetData {
+    /// A plain set element.
+    None,
+    /// Value bytes (see [`encode_concat`]).
+    Value(Vec<u8>),
+    Verdict(Verdict),
+}
+
+/// One element with its key already encoded; `key_end` closes a range for
+/// sets with `flags interval` over concatenations (the kernel's pipapo
+/// set), where every element is one [key, key_end] range.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SetElement {
+    pub key: Vec<u8>,
+    pub key_end: Option<Vec<u8>>,
+    pub data: SetData,
+}
+
+/// One step of an element transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SetOp {
+    /// Remove every element of the set.
+    Flush { set: String },
+    /// Remove these elements (only keys are sent); a missing one fails
+    /// the whole transaction with ENOENT.
+    Delete {
+        set: String,
+        elements: Vec<SetElement>,
+    },
+    /// Add these elements; an existing key with different data fails the
+    /// transaction (delete it first in the same transaction).
+    Add {
+        set: String,
+        elements: Vec<SetElement>,
+    },
+}
+
+/// What a committed transaction amounted to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TransactionStats {
+    /// nfnetlink messages inside the batch.
+    pub messages: usize,
+    /// Size of the batch in bytes (one sendmsg).
+    pub bytes: usize,
+    /// Elements sent (added plus deleted).
+    pub elements: usize,
+}
+
+fn put_set_element(list: &mut Attrs, element: &SetElement, with_data: bool) {
+    let mut elem = Attrs::new();
+    let mut key = Attrs::new();
+    key.put(NFTA_DATA_VALUE, &element.key);
+    elem.nest(NFTA_SET_ELEM_KEY, key);
+    if let Some(end) = &element.key_end {
+        let mut key_end = Attrs::new();
+        key_end.put(NFTA_DATA_VALUE, end);
+        elem.nest(NFTA_SET_ELEM_KEY_END, key_end);
+    }
+    if with_data {
+        match &element.data {
+            SetData::None => {}
+            SetData::Value(bytes) => {
+                let mut data = Attrs::new();
+                data.put(NFTA_DATA_VALUE, bytes);
+                elem.nest(NFTA_SET_ELEM_DATA, data);
+            }
+            SetData::Verdict(v) => {
+                let mut verdict = Attrs::new();
+                match v {
+                    Verdict::Accept => verdict.put(NFTA_VERDICT_CODE, &NF_ACCEPT.to_be_bytes()),
+                    Verdict::Drop => verdict.put(NFTA_VERDICT_CODE, &NF_DROP.to_be_bytes()),
+                    Verdict::Jump(chain) => {
+                        verdict.put(NFTA_VERDICT_CODE, &NFT_JUMP.to_be_bytes());
+                        verdict.put_str(NFTA_VERDICT_CHAIN, chain);
+                    }
+                    Verdict::Goto(chain) => {
+                        verdict.put(NFTA_VERDICT_CODE, &NFT_GOTO.to_be_bytes());
+                        verdict.put_str(NFTA_VERDICT_CHAIN, chain);
+                    }
+                }
+                let mut data = Attrs::new();
+                data.nest(NFTA_DATA_VERDICT, verdict);
+                elem.nest(NFTA_SET_ELEM_DATA, data);
+            }
+        }
+    }
+    list.nest(NFTA_LIST_ELEM, elem);
+}
+
+fn set_elements_bodies(
+    table: &str,
+    set: &str,
+    elements: &[SetElement],
+    with_data: bool,
+) -> Vec<Vec<u8>> {
+    let mut bodies = Vec::new();
+    let mut list = Attrs::new();
+    let finish = |list: Attrs, bodies: &mut Vec<Vec<u8>>| {
+        let mut body = Attrs::new();
+        body.put_str(NFTA_SET_ELEM_LIST_TABLE, table);
+        body.put_str(NFTA_SET_ELEM_LIST_SET, set);
+        body.nest(NFTA_SET_ELEM_LIST_ELEMENTS, list);
+        bodies.push(body.buf);
+    };
+    for element in elements {
+        put_set_element(&mut list, element, with_data);
+        if list.buf.len() >= MAX_ELEMENT_LIST_BYTES {
+            finish(std::mem::replace(&mut list, Attrs::new()), &mut bodies);
+        }
+    }
+    if !list.buf.is_empty() {
+        finish(list, &mut bodies);
+    }
+    bodies
+}
+
+/// The messages of a transaction: (message type, flags, body).
+fn transaction_messages(table: &str, ops: &[SetOp]) -> Vec<(u16, u16, Vec<u8>)> {
+    let mut out = Vec::new();
+    for op in ops {
+        match op {
+            SetOp::Flush { set } => {
+                let mut body = Attrs::new();
+                body.put_str(NFTA_SET_ELEM_LIST_TABLE, table);
+                body.put_str(NFTA_SET_ELEM_LIST_SET, set);
+                out.push((NFT_MSG_DELSETELEM, 0, body.buf));
+            }
+            SetOp::Delete { set, elements } => {
+                for body in set_elements_bodies(table, set, elements, false) {
+                    out.push((NFT_MSG_DELSETELEM, 0, body));
+                }
+            }
+            SetOp::Add { set, elements } => {
+                for body in set_elements_bodies(table, set, elements, true) {
+                    out.push((NFT_MSG_NEWSETELEM, NLM_F_CREATE, body));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn raise_send_buffer(socket: &Socket, bytes: usize) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    // The kernel doubles the value and needs room for its own overhead.
+    let want = (bytes + 64 * 1024).min(i32::MAX as usize / 2) as libc::c_int;
+    let fd = socket.as_raw_fd();
+    for opt in [libc::SO_SNDBUFFORCE, libc::SO_SNDBUF] {
+        // SAFETY: setsockopt with a pointer to a c_int of the given size.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                opt,
+                (&want as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc == 0 {
+            return Ok(());
+        }
+    }
+    Err(Error::Nft(format!(
+        "cannot raise the netlink send buffer to {bytes} bytes ({}); run as root (CAP_NET_ADMIN) or raise net.core.wmem_max",
+        std::io::Error::last_os_error()
+    )))
+}
+
+/// Commits set flushes, deletions and additions of `table` as ONE
+/// nfnetlink transaction in the calling thread's namespace: the packet
+/// path sees either none or all of it. Ops run in the given order, so
+/// "delete K, add K with new data" replaces an element atomically.
+pub fn commit_set_ops(family: Family, table: &str, ops: &[SetOp]) -> Result<TransactionStats> {
+    let messages = transaction_messages(table, ops);
+    if messages.is_empty() {
+        return Ok(TransactionStats::default());
+    }
+    let elements = ops
+        .iter()
+        .map(|op| match op {
+            SetOp::Flush { .. } => 0,
+            SetOp::Delete { elements, .. } | SetOp::Add { elements, .. } => elements.len(),
+        })
+        .sum();
+    let (bytes, seqs) = build_batch(family, table, &messages);
+    let mut socket = NfSocket::open()?;
+    let _ = socket.socket.set_cap_ack(true);
+    if bytes.len() > 200 * 1024 {
+        raise_send_buffer(&socket.socket, bytes.len())?;
+    }
+    socket.send(&bytes, "commit nftables set elements")?;
+    socket.wait_acks(seqs, "commit nftables set elements")?;
+    Ok(TransactionStats {
+        messages: messages.len(),
+        bytes: bytes.len(),
+        elements,
+    })
+}
+
+/// Names of the chains of `table` (empty when the table is missing).
+pub fn list_chains(family: Family, table: &str) -> Result<Vec<String>> {
+    let mut socket = NfSocket::open()?;
+    let Some(replies) = socket.get(
+        NFT_MSG_GETCHAIN,
+        NLM_F_DUMP | NLM_F_ACK,
+        family as u8,
+        &[],
+        "list nftables chains",
+    )?
+    else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for reply in replies {
+        let attrs = attributes(reply.get(4..).unwrap_or_default());
+        let text = |kind: u16| {
+            attrs.iter().find(|(k, _)| *k == kind).map(|(_, v)| {
+                String::from_utf8_lossy(v)
+                    .trim_end_matches('\0')
+                    .to_string()
+            })
+        };
+        if text(NFTA_CHAIN_TABLE).as_deref() == Some(table)
+            && let Some(name) = text(NFTA_CHAIN_NAME)
+        {
+            out.push(name);
+        }
+    }
+    Ok(out)
+}
+
+/// Deletes chains of `table` (which must be empty of references: chains
+/// still named by a verdict map element fail with EBUSY) in one
+/// transaction.
+pub fn delete_chains(family: Family, table: &str, chains: &[String]) -> Result<()> {
+    let ops: Vec<(u16, u16, Vec<u8>)> = chains
+        .iter()
+        .map(|chain| {
+            let mut body = Attrs::new();
+            body.put_str(NFTA_CHAIN_TABLE, table);
+            body.put_str(NFTA_CHAIN_NAME, chain);
+            (NFT_MSG_DELCHAIN, 0, body.buf)
+        })
+        .collect();
+    run_batch(family, table, &ops, "delete nftables chains")
+}
+
+/// Deletes conntrack entries of `protocol` (IPPROTO_*) whose original
+/// destination is `orig_dst` (any when None) and port `orig_dport`, and,
+/// when given, whose reply comes from `reply_src` (the endpoint a DNAT
+/// chose). Used for UDP, where a stale entry would keep sending datagrams
+/// to an endpoint that is gone. Runs the `conntrack` tool in the calling
+/// thread's namespace; "no entry matched" is success.
+pub fn delete_conntrack(
+    protocol: u8,
+    orig_dst: Option<IpAddr>,
+    orig_dport: u16,
+    reply_src: Option<IpAddr>,
+) -> Result<()> {
+    let mut args: Vec<String> = vec![
+        "-D".into(),
+        "-p".into(),
+        protocol.to_string(),
+        "--orig-port-dst".into(),
+        orig_dport.to_string(),
+    ];
+    let v6 = orig_dst.or(reply_src).is_some_and(|ip| ip.is_ipv6());
+    if v6 {
+        args.extend(["-f".into(), "ipv6".into()]);
+    }
+    if let Some(dst) = orig_dst {
+        args.extend(["--orig-dst".into(), dst.to_string()]);
+    }
+    if let Some(src) = reply_src {
+        args.extend(["--reply-src".into(), src.to_string()]);
+    }
+    match Command::new("conntrack")
+        .args(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+    {
+        // Exit 1 means "no entry matched", which is the usual case.
+        Ok(_) => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            tracing::debug!("conntrack tool not installed; stale entries expire on their own");
+            Ok(())
+        }
+        Err(err) => Err(Error::Nft(format!("running conntrack: {err}"))),
+    }
+}
+
+#[cfg(test)]
+mod transaction_tests {
+    use super::*;
+
+    #[test]
+    fn big_element_lists_are_split_under_the_attribute_limit() {
+        let elements: Vec<SetElement> = (0..5000u32)
+            .map(|i| SetElement {
+                key: i.to_be_bytes().to_vec(),
+                key_end: None,
+                data: SetData::Verdict(Verdict::Goto("lb4-c-3".into())),
+            })
+            .collect();
+        let ops = vec![
+            SetOp::Flush { set: "svc4".into() },
+            SetOp::Add {
+                set: "svc4".into(),
+                elements,
+            },
+        ];
+        let msgs = transaction_messages("t", &ops);
+        assert!(msgs.len() > 2, "{} messages", msgs.len());
+        assert_eq!(msgs[0].0, NFT_MSG_DELSETELEM);
+        for (_, _, body) in &msgs {
+            assert!(body.len() < 65535);
+        }
+        // Every element is in exactly one message.
+        let total: usize = msgs[1..]
+            .iter()
+            .map(|(_, _, body)| {
+                attributes(body)
+                    .into_iter()
+                    .filter(|(k, _)| *k == NFTA_SET_ELEM_LIST_ELEMENTS)
+                    .map(|(_, list)| attributes(list).len())
+                    .sum::<usize>()
+            })
+            .sum();
+        assert_eq!(total, 5000);
+    }
+
+    #[test]
+    fn range_elements_carry_a_key_end_and_verdicts_their_chain() {
+        let mut list = Attrs::new();
+        put_set_element(
+            &mut list,
+            &SetElement {
+                key: vec![1, 2, 3, 4],
+                key_end: Some(vec![1, 2, 3, 9]),
+                data: SetData::None,
+            },
+            true,
+        );
+        let elem = attributes(&list.buf);
+        let inner = attributes(elem[0].1);
+        assert_eq!(
+            inner.iter().map(|(k, _)| *k).collect::<Vec<_>>(),
+            vec![NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_KEY_END]
+        );
+        let mut list = Attrs::new();
+        put_set_element(
+            &mut list,
+            &SetElement {
+                key: vec![1],
+                key_end: None,
+                data: SetData::Verdict(Verdict::Goto("x".into())),
+            },
+            true,
+        );
+        assert!(list.buf.windows(2).any(|w| w == b"x\0"));
+        assert!(list.buf.windows(4).any(|w| w == NFT_GOTO.to_be_bytes()));
+    }
+}

@@ -407,7 +407,17 @@ pub fn create_sandbox(
         std::fs::write(dir.join(file), body)
             .map_err(|e| LabError::io(format!("cannot write {file} of {namespace}/{name}"), e))
     };
-    write("resolv.conf", resolv_conf(config, &namespace))?;
+    // dnsPolicy Default: the node's resolver, which in a lab has no
+    // nameserver (cluster DNS itself must not loop back to itself).
+    let dns_default = pod.spec.as_ref().and_then(|s| s.dns_policy.as_deref()) == Some("Default");
+    write(
+        "resolv.conf",
+        if dns_default {
+            String::new()
+        } else {
+            resolv_conf(config, &namespace)
+        },
+    )?;
     write("hosts", hosts_file(&first.to_string(), &hostname))?;
     Ok(ips)
 }

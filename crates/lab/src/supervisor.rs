@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Write};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::process::{Child, Stdio};
@@ -84,6 +84,8 @@ pub struct Controller {
     state: ClusterState,
     containers: BTreeMap<(String, String, String), Proc>,
     agents: BTreeMap<String, Proc>,
+    /// Processes of the world outside the cluster (the external host's DNS).
+    extras: Vec<Proc>,
 }
 
 type Progress<'a> = &'a mut dyn FnMut(&str);
@@ -140,6 +142,7 @@ impl Controller {
             state: ClusterState::default(),
             containers: BTreeMap::new(),
             agents: BTreeMap::new(),
+            extras: Vec::new(),
         })
     }
 
@@ -192,7 +195,10 @@ impl Controller {
             self.add_node(&node, progress)?;
         }
         self.store.bump()?;
-        self.apply(objects, progress)?;
+        self.start_external_dns(progress)?;
+        let mut all = self.system_objects()?;
+        all.extend(objects);
+        self.apply(all, progress)?;
         let pods = self.state.pods.len();
         Ok(format!(
             "lab {} is up in {:.1} s: {} nodes, {} pods, {} services ({} routing)",
@@ -233,6 +239,147 @@ impl Controller {
             node.pod_cidr
         ));
         Ok(())
+    }
+
+    /// The external host serves the names of the world outside the cluster
+    /// (a hosts file: `external.example.com` and friends), so pods resolve
+    /// external names through cluster DNS forwarding without the lab ever
+    /// sending a query off the machine.
+    fn start_external_dns(&mut self, progress: Progress) -> Result<()> {
+        let Some(ext) = self.plan.external.clone() else {
+            return Ok(());
+        };
+        let dir = self.paths.dir.join("external");
+        std::fs::create_dir_all(dir.join("store"))
+            .map_err(|e| LabError::io("cannot create the external host's files", e))?;
+        let ip = ext.ip.addr();
+        let hosts = format!(
+            "{ip}\t{name}.example.com {name}.example.org\n",
+            name = ext.name
+        );
+        std::fs::write(dir.join("hosts"), hosts)
+            .map_err(|e| LabError::io("cannot write the external host's hosts file", e))?;
+        std::fs::write(dir.join("resolv.conf"), "")
+            .map_err(|e| LabError::io("cannot write the external host's resolv.conf", e))?;
+        let log = std::fs::File::create(dir.join("dns.log"))
+            .map_err(|e| LabError::io("cannot create the external DNS log", e))?;
+        let log_err = log
+            .try_clone()
+            .map_err(|e| LabError::io("cannot duplicate the external DNS log", e))?;
+        let sandbox = Sandbox {
+            netns: Some(netns_path(&self.paths.external_ns(&ext.name))),
+            hostname: Some(ext.name.clone()),
+            binds: Vec::new(),
+        };
+        let mut cmd = spawn::command(&self.exe, &sandbox)?;
+        cmd.arg("dns")
+            .arg("--source")
+            .arg(format!("files:{}", dir.join("store").display()))
+            .arg("--zone")
+            .arg("example.invalid")
+            .arg("--hosts")
+            .arg(dir.join("hosts"))
+            .arg("--resolv-conf")
+            .arg(dir.join("resolv.conf"))
+            .args([
+                "--listen",
+                "0.0.0.0:53",
+                "--health-listen",
+                "off",
+                "--ready-listen",
+                "off",
+                "--metrics-listen",
+                "off",
+            ])
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err);
+        let child = cmd
+            .spawn()
+            .map_err(|e| LabError::io("cannot start the external host's DNS server", e))?;
+        self.extras.push(Proc {
+            child,
+            restarts: 0,
+            policy: "Always".into(),
+            started: Instant::now(),
+        });
+        runtime::wait_reachable(
+            &self.paths.external_ns(&ext.name),
+            SocketAddr::new(IpAddr::V4(ip), 53),
+            Duration::from_secs(5),
+        )?;
+        progress(&format!(
+            "external host serves DNS for {}.example.com at {ip}",
+            ext.name
+        ));
+        Ok(())
+    }
+
+    /// What kubeadm installs in every cluster: cluster DNS (two replicas of
+    /// `podwire dns` labelled k8s-app=kube-dns) behind the kube-dns Service
+    /// at the service range's tenth address.
+    fn system_objects(&self) -> Result<Vec<Object>> {
+        let config = self.spec.cluster_config();
+        let Some(dns_ip) =
+            podwire_model::kube_dns_ip(config.service_cidr).filter(|_| self.spec.cluster_dns)
+        else {
+            return Ok(Vec::new());
+        };
+        let mut args = vec![
+            "dns".to_string(),
+            "--source".into(),
+            format!("files:{}", self.paths.cluster().display()),
+            "--zone".into(),
+            config.cluster_domain.clone(),
+            "--listen".into(),
+            "0.0.0.0:53".into(),
+        ];
+        match &self.plan.external {
+            Some(ext) => args.extend(["--upstream".into(), format!("{}:53", ext.ip.addr())]),
+            None => args.extend(["--resolv-conf".into(), "/dev/null".into()]),
+        }
+        let mut command = vec![self.exe.display().to_string()];
+        command.extend(args);
+        let service = serde_json::json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "kube-dns", "namespace": "kube-system", "labels": {"k8s-app": "kube-dns"}},
+            "spec": {
+                "clusterIP": dns_ip.to_string(),
+                "selector": {"k8s-app": "kube-dns"},
+                "ports": [
+                    {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
+                    {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53},
+                    {"name": "metrics", "port": 9153, "protocol": "TCP", "targetPort": 9153}
+                ]
+            }
+        });
+        let deployment = serde_json::json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "coredns", "namespace": "kube-system", "labels": {"k8s-app": "kube-dns"}},
+            "spec": {
+                "replicas": 2,
+                "selector": {"matchLabels": {"k8s-app": "kube-dns"}},
+                "template": {
+                    "metadata": {"labels": {"k8s-app": "kube-dns"}},
+                    "spec": {
+                        "dnsPolicy": "Default",
+                        "containers": [{
+                            "name": "coredns",
+                            "command": command,
+                            "ports": [
+                                {"name": "dns", "containerPort": 53, "protocol": "UDP"},
+                                {"name": "dns-tcp", "containerPort": 53, "protocol": "TCP"},
+                                {"name": "metrics", "containerPort": 9153, "protocol": "TCP"}
+                            ]
+                        }]
+                    }
+                }
+            }
+        });
+        Ok(vec![
+            Object::from_json(&service)?,
+            Object::from_json(&deployment)?,
+        ])
     }
 
     fn start_agent(&mut self, node: &str) -> Result<()> {
@@ -905,6 +1052,10 @@ impl Controller {
             let _ = proc.child.wait();
         }
         for (_, mut proc) in std::mem::take(&mut self.agents) {
+            let _ = proc.child.kill();
+            let _ = proc.child.wait();
+        }
+        for mut proc in std::mem::take(&mut self.extras) {
             let _ = proc.child.kill();
             let _ = proc.child.wait();
         }

@@ -43,6 +43,14 @@ pub struct LabSpec {
     pub underlays: Vec<Underlay>,
     pub nodes: Vec<LabNode>,
     pub external: Option<ExternalHost>,
+    /// Whether the lab runs cluster DNS (two `podwire dns` pods behind the
+    /// kube-dns Service), as kubeadm installs CoreDNS. Default true.
+    #[serde(default = "yes", rename = "clusterDNS")]
+    pub cluster_dns: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// One underlay switch (an L2 segment the nodes' eth0 sit on).
@@ -90,6 +98,7 @@ impl Default for LabSpec {
                 name: "external".into(),
                 subnet: Ipv4Net::new_assert([203, 0, 113, 0].into(), 24),
             }),
+            cluster_dns: true,
         }
     }
 }
@@ -329,6 +338,8 @@ struct RawSpec {
     /// Missing: the default external host; `external: null`: none.
     #[serde(default, deserialize_with = "present")]
     external: Option<Option<RawNet>>,
+    #[serde(rename = "clusterDNS")]
+    cluster_dns: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -411,6 +422,7 @@ fn spec_from_value(document: usize, value: serde_json::Value) -> Result<LabSpec,
         underlays,
         nodes: spec.nodes,
         external,
+        cluster_dns: spec.cluster_dns.unwrap_or(defaults.cluster_dns),
     })
 }
 

@@ -209,6 +209,36 @@ fn print_hints(name: &str) -> Result<()> {
             "  podwire lab exec client{flag} -- curl -s http://{ip}:{port}/      # reaches {pod} across nodes, no NAT"
         );
     }
+    if client.is_some() {
+        let services = state
+            .services
+            .values()
+            .filter(|s| s.metadata.namespace.as_deref() != Some("kube-system"));
+        for svc in services.take(1) {
+            let name = svc.metadata.name.clone().unwrap_or_default();
+            let ns = svc.metadata.namespace.clone().unwrap_or_default();
+            let qualified = if ns == "default" {
+                name.clone()
+            } else {
+                format!("{name}.{ns}")
+            };
+            println!(
+                "  podwire lab exec client{flag} -- curl -s http://{qualified}/      # a Service by name (cluster DNS + proxy)"
+            );
+            println!("  podwire lab exec client{flag} -- getent hosts {qualified}");
+            let node_port = svc
+                .spec
+                .as_ref()
+                .and_then(|s| s.ports.as_ref())
+                .and_then(|p| p.iter().find_map(|p| p.node_port));
+            if let (Some(np), Some(node)) = (node_port, state.node_infos().get(1)) {
+                println!(
+                    "  podwire lab exec --node external{flag} -- curl -s http://{}:{np}/      # NodePort from outside",
+                    node.internal_ip
+                );
+            }
+        }
+    }
     if let Some(ext) =
         podwire_lab::supervisor::load_record(&podwire_lab::paths::LabPaths::new(name)?)?
             .spec

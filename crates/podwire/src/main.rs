@@ -4,6 +4,7 @@
 
 mod agent;
 mod demo;
+mod dns;
 mod lab;
 mod serve;
 
@@ -44,9 +45,13 @@ enum Cmd {
     /// A multi-node cluster network built from network namespaces on this
     /// machine, running podwire's components.
     Lab(lab::LabArgs),
-    /// The node agent: pod routes between nodes (host-gw or VXLAN) and egress
-    /// masquerade; `podwire agent plan` prints what it would program.
+    /// The node agent: pod routes between nodes (host-gw or VXLAN), egress
+    /// masquerade and the service proxy (nftables); `podwire agent plan`
+    /// prints what it would program.
     Agent(agent::AgentArgs),
+    /// The cluster DNS server (the Kubernetes DNS schema, hosts file,
+    /// forwarding, cache); `podwire dns plan` prints the zone it would serve.
+    Dns(dns::DnsArgs),
 }
 
 fn main() {
@@ -60,6 +65,7 @@ fn main() {
         Cmd::Serve { listen } => serve::run(&listen),
         Cmd::Lab(args) => lab::run(args),
         Cmd::Agent(args) => agent::run(args),
+        Cmd::Dns(args) => dns::run(args),
     };
     if let Err(err) = outcome {
         eprintln!("error: {err:#}");
