@@ -2,22 +2,39 @@
 //! still point at it would keep steering datagrams to a dead address until
 //! they time out, so they are deleted at once.
 
+use std::net::IpAddr;
 use std::process::{Command, Stdio};
 
 use crate::{Error, Result};
 
-/// Deletes UDP conntrack entries whose original destination port is `port`
-/// (optionally only those DNATed to `to_addr`). Uses the `conntrack` tool.
-pub fn flush_udp_port(port: u16, to_addr: Option<std::net::IpAddr>) -> Result<()> {
-    let port = port.to_string();
-    let mut args = vec!["-D", "-p", "udp", "--orig-port-dst", port.as_str()];
-    let addr;
-    if let Some(ip) = to_addr {
-        addr = ip.to_string();
-        args.extend(["--reply-src", addr.as_str()]);
-        if ip.is_ipv6() {
-            args.extend(["-f", "ipv6"]);
-        }
+/// Deletes conntrack entries of `protocol` (IPPROTO_*) whose original
+/// destination is `orig_dst` (any when None) and port `orig_dport`, and,
+/// when given, whose reply comes from `reply_src` (the endpoint a DNAT
+/// chose). Used for UDP, where a stale entry would keep sending datagrams
+/// to an endpoint that is gone. Runs the `conntrack` tool in the calling
+/// thread's namespace; "no entry matched" is success.
+pub fn delete(
+    protocol: u8,
+    orig_dst: Option<IpAddr>,
+    orig_dport: u16,
+    reply_src: Option<IpAddr>,
+) -> Result<()> {
+    let mut args: Vec<String> = vec![
+        "-D".into(),
+        "-p".into(),
+        protocol.to_string(),
+        "--orig-port-dst".into(),
+        orig_dport.to_string(),
+    ];
+    let v6 = orig_dst.or(reply_src).is_some_and(|ip| ip.is_ipv6());
+    if v6 {
+        args.extend(["-f".into(), "ipv6".into()]);
+    }
+    if let Some(dst) = orig_dst {
+        args.extend(["--orig-dst".into(), dst.to_string()]);
+    }
+    if let Some(src) = reply_src {
+        args.extend(["--reply-src".into(), src.to_string()]);
     }
     match Command::new("conntrack")
         .args(&args)
@@ -28,9 +45,15 @@ pub fn flush_udp_port(port: u16, to_addr: Option<std::net::IpAddr>) -> Result<()
         // Exit 1 means "no entry matched", which is the usual case.
         Ok(_) => Ok(()),
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-            tracing::debug!("conntrack tool not installed; stale UDP entries expire on their own");
+            tracing::debug!("conntrack tool not installed; stale entries expire on their own");
             Ok(())
         }
         Err(err) => Err(Error::Nft(format!("running conntrack: {err}"))),
     }
+}
+
+/// Deletes UDP conntrack entries whose original destination port is `port`
+/// (optionally only those DNATed to `to_addr`).
+pub fn flush_udp_port(port: u16, to_addr: Option<IpAddr>) -> Result<()> {
+    delete(17, None, port, to_addr)
 }

@@ -961,49 +961,15 @@ pub fn delete_chains(family: Family, table: &str, chains: &[String]) -> Result<(
     run_batch(family, table, &ops, "delete nftables chains")
 }
 
-/// Deletes conntrack entries of `protocol` (IPPROTO_*) whose original
-/// destination is `orig_dst` (any when None) and port `orig_dport`, and,
-/// when given, whose reply comes from `reply_src` (the endpoint a DNAT
-/// chose). Used for UDP, where a stale entry would keep sending datagrams
-/// to an endpoint that is gone. Runs the `conntrack` tool in the calling
-/// thread's namespace; "no entry matched" is success.
+/// Deletes conntrack entries: see [`crate::conntrack::delete`] (kept here
+/// for the proxy, which programs nftables and flushes what it replaced).
 pub fn delete_conntrack(
     protocol: u8,
     orig_dst: Option<IpAddr>,
     orig_dport: u16,
     reply_src: Option<IpAddr>,
 ) -> Result<()> {
-    let mut args: Vec<String> = vec![
-        "-D".into(),
-        "-p".into(),
-        protocol.to_string(),
-        "--orig-port-dst".into(),
-        orig_dport.to_string(),
-    ];
-    let v6 = orig_dst.or(reply_src).is_some_and(|ip| ip.is_ipv6());
-    if v6 {
-        args.extend(["-f".into(), "ipv6".into()]);
-    }
-    if let Some(dst) = orig_dst {
-        args.extend(["--orig-dst".into(), dst.to_string()]);
-    }
-    if let Some(src) = reply_src {
-        args.extend(["--reply-src".into(), src.to_string()]);
-    }
-    match Command::new("conntrack")
-        .args(&args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-    {
-        // Exit 1 means "no entry matched", which is the usual case.
-        Ok(_) => Ok(()),
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-            tracing::debug!("conntrack tool not installed; stale entries expire on their own");
-            Ok(())
-        }
-        Err(err) => Err(Error::Nft(format!("running conntrack: {err}"))),
-    }
+    crate::conntrack::delete(protocol, orig_dst, orig_dport, reply_src)
 }
 
 #[cfg(test)]

@@ -3,9 +3,7 @@
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
-};
+use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
 use crate::rtnl::CREATE_EXCL;
@@ -19,43 +17,18 @@ pub struct Route {
     pub oif: Option<u32>,
 }
 
-fn route_address(ip: IpAddr) -> RouteAddress {
-    match ip {
-        IpAddr::V4(v4) => RouteAddress::Inet(v4),
-        IpAddr::V6(v6) => RouteAddress::Inet6(v6),
-    }
+fn message(route: &Route) -> RouteMessage {
+    crate::vxlan::route_message(&crate::vxlan::RouteSpec {
+        dst: route.dst,
+        gateway: route.gateway,
+        oif: route.oif,
+        onlink: false,
+        protocol: RTPROT_BOOT,
+    })
 }
 
-fn message(route: &Route) -> RouteMessage {
-    let mut msg = RouteMessage::default();
-    msg.header.address_family = match route.dst {
-        IpNet::V4(_) => AddressFamily::Inet,
-        IpNet::V6(_) => AddressFamily::Inet6,
-    };
-    msg.header.destination_prefix_length = route.dst.prefix_len();
-    msg.header.table = RouteHeader::RT_TABLE_MAIN;
-    msg.header.protocol = RouteProtocol::Boot;
-    msg.header.kind = RouteType::Unicast;
-    msg.header.scope = if route.gateway.is_some() {
-        RouteScope::Universe
-    } else {
-        RouteScope::Link
-    };
-    if route.dst.prefix_len() > 0 {
-        msg.attributes
-            .push(RouteAttribute::Destination(route_address(
-                route.dst.network(),
-            )));
-    }
-    if let Some(gw) = route.gateway {
-        msg.attributes
-            .push(RouteAttribute::Gateway(route_address(gw)));
-    }
-    if let Some(oif) = route.oif {
-        msg.attributes.push(RouteAttribute::Oif(oif));
-    }
-    msg
-}
+/// `proto boot`: what `ip route add` uses by default.
+const RTPROT_BOOT: u8 = 3;
 
 impl Netlink {
     pub fn add_route(&mut self, route: &Route) -> Result<()> {

@@ -166,7 +166,7 @@ fn family_of(net: &IpNet) -> AddressFamily {
     }
 }
 
-fn route_message(spec: &RouteSpec) -> RouteMessage {
+pub(crate) fn route_message(spec: &RouteSpec) -> RouteMessage {
     let mut msg = RouteMessage::default();
     msg.header.address_family = family_of(&spec.dst);
     msg.header.destination_prefix_length = spec.dst.prefix_len();

@@ -70,6 +70,19 @@ fn in_scope(query: &Query, namespace: &str) -> bool {
     query.namespace.as_deref().is_none_or(|ns| ns == namespace)
 }
 
+/// The objects of one kind in the query's namespace (or all).
+fn in_namespace<T: Clone>(
+    objects: &std::collections::BTreeMap<(String, String), T>,
+    query: &Query,
+    wrap: fn(T) -> Object,
+) -> Vec<Object> {
+    objects
+        .iter()
+        .filter(|((ns, _), _)| in_scope(query, ns))
+        .map(|(_, o)| wrap(o.clone()))
+        .collect()
+}
+
 /// Renders the query against a cluster state.
 pub fn render(state: &ClusterState, query: &Query) -> Result<String> {
     let all = query.namespace.is_none();
@@ -77,36 +90,15 @@ pub fn render(state: &ClusterState, query: &Query) -> Result<String> {
     let resource = query.resource.as_str();
     let objects: Vec<Object> = match resource {
         "nodes" | "node" | "no" => state.nodes.values().cloned().map(Object::Node).collect(),
-        "pods" | "pod" | "po" => state
-            .pods
-            .iter()
-            .filter(|((ns, _), _)| in_scope(query, ns))
-            .map(|(_, p)| Object::Pod(p.clone()))
-            .collect(),
-        "services" | "service" | "svc" => state
-            .services
-            .iter()
-            .filter(|((ns, _), _)| in_scope(query, ns))
-            .map(|(_, s)| Object::Service(s.clone()))
-            .collect(),
-        "endpoints" | "ep" | "endpointslices" | "endpointslice" => state
-            .endpoint_slices
-            .iter()
-            .filter(|((ns, _), _)| in_scope(query, ns))
-            .map(|(_, s)| Object::EndpointSlice(s.clone()))
-            .collect(),
-        "ingress" | "ingresses" | "ing" => state
-            .ingresses
-            .iter()
-            .filter(|((ns, _), _)| in_scope(query, ns))
-            .map(|(_, i)| Object::Ingress(i.clone()))
-            .collect(),
-        "deployments" | "deployment" | "deploy" => state
-            .deployments
-            .iter()
-            .filter(|((ns, _), _)| in_scope(query, ns))
-            .map(|(_, d)| Object::Deployment(d.clone()))
-            .collect(),
+        "pods" | "pod" | "po" => in_namespace(&state.pods, query, Object::Pod),
+        "services" | "service" | "svc" => in_namespace(&state.services, query, Object::Service),
+        "endpoints" | "ep" | "endpointslices" | "endpointslice" => {
+            in_namespace(&state.endpoint_slices, query, Object::EndpointSlice)
+        }
+        "ingress" | "ingresses" | "ing" => in_namespace(&state.ingresses, query, Object::Ingress),
+        "deployments" | "deployment" | "deploy" => {
+            in_namespace(&state.deployments, query, Object::Deployment)
+        }
         "namespaces" | "namespace" | "ns" => state
             .namespaces
             .values()

@@ -207,6 +207,30 @@ pub fn cni_del(call: &CniCall) -> Result<()> {
     }
 }
 
+/// A pod's (namespace, name), with Kubernetes' default namespace.
+pub fn pod_key(pod: &Pod) -> (String, String) {
+    (
+        pod.metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into()),
+        pod.metadata.name.clone().unwrap_or_default(),
+    )
+}
+
+/// Opens (appending) a process's log file, for both stdout and stderr.
+pub fn open_log(path: &Path) -> Result<(std::fs::File, std::fs::File)> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| LabError::io(format!("cannot open {}", path.display()), e))?;
+    let err = log
+        .try_clone()
+        .map_err(|e| LabError::io(format!("cannot duplicate {}", path.display()), e))?;
+    Ok((log, err))
+}
+
 /// The kube-dns Service address: the tenth address of the service range.
 pub fn dns_service_ip(config: &ClusterConfig) -> IpAddr {
     match config.service_cidr {
@@ -272,12 +296,7 @@ pub fn start_container(
     pod: &Pod,
     container: &Container,
 ) -> Result<Child> {
-    let namespace = pod
-        .metadata
-        .namespace
-        .clone()
-        .unwrap_or_else(|| "default".into());
-    let name = pod.metadata.name.clone().unwrap_or_default();
+    let (namespace, name) = pod_key(pod);
     let hostname = pod
         .spec
         .as_ref()
@@ -293,14 +312,7 @@ pub fn start_container(
     let log_path = paths
         .pod_dir(&namespace, &name)
         .join(format!("{}.log", container.name));
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .map_err(|e| LabError::io(format!("cannot open {}", log_path.display()), e))?;
-    let log_err = log
-        .try_clone()
-        .map_err(|e| LabError::io("cannot duplicate the log file", e))?;
+    let (log, log_err) = open_log(&log_path)?;
     let sandbox = pod_sandbox(paths, &namespace, &name, &hostname);
     let program_path = resolve_program(program);
     let mut cmd = spawn::command(&program_path, &sandbox)?;
@@ -349,12 +361,7 @@ pub fn create_sandbox(
     node: &str,
     container_id: &str,
 ) -> Result<Vec<IpAddr>> {
-    let namespace = pod
-        .metadata
-        .namespace
-        .clone()
-        .unwrap_or_else(|| "default".into());
-    let name = pod.metadata.name.clone().unwrap_or_default();
+    let (namespace, name) = pod_key(pod);
     let ns_name = paths.pod_ns(&namespace, &name);
     let dir = paths.pod_dir(&namespace, &name);
     std::fs::create_dir_all(&dir)
@@ -447,12 +454,7 @@ pub fn runtime_config(pod: &Pod) -> Value {
 /// Tears a pod's network down (CNI DEL) and removes its namespace (killing
 /// anything still inside).
 pub fn destroy_sandbox(paths: &LabPaths, pod: &Pod, node: &str, container_id: &str) -> Result<()> {
-    let namespace = pod
-        .metadata
-        .namespace
-        .clone()
-        .unwrap_or_else(|| "default".into());
-    let name = pod.metadata.name.clone().unwrap_or_default();
+    let (namespace, name) = pod_key(pod);
     let ns_name = paths.pod_ns(&namespace, &name);
     netns::kill_processes_in(&ns_name);
     let call = CniCall {

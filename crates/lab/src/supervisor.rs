@@ -99,13 +99,7 @@ fn now() -> Time {
 }
 
 fn key(pod: &Pod) -> (String, String) {
-    (
-        pod.metadata
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".into()),
-        pod.metadata.name.clone().unwrap_or_default(),
-    )
+    runtime::pod_key(pod)
 }
 
 fn container_id(pod: &Pod) -> String {
@@ -261,11 +255,7 @@ impl Controller {
             .map_err(|e| LabError::io("cannot write the external host's hosts file", e))?;
         std::fs::write(dir.join("resolv.conf"), "")
             .map_err(|e| LabError::io("cannot write the external host's resolv.conf", e))?;
-        let log = std::fs::File::create(dir.join("dns.log"))
-            .map_err(|e| LabError::io("cannot create the external DNS log", e))?;
-        let log_err = log
-            .try_clone()
-            .map_err(|e| LabError::io("cannot duplicate the external DNS log", e))?;
+        let (log, log_err) = runtime::open_log(&dir.join("dns.log"))?;
         let sandbox = Sandbox {
             netns: Some(netns_path(&self.paths.external_ns(&ext.name))),
             hostname: Some(ext.name.clone()),
@@ -389,14 +379,7 @@ impl Controller {
             binds: Vec::new(),
         };
         let log_path = self.paths.agent_log(node);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .map_err(|e| LabError::io(format!("cannot open {}", log_path.display()), e))?;
-        let log_err = log
-            .try_clone()
-            .map_err(|e| LabError::io("cannot duplicate the agent log", e))?;
+        let (log, log_err) = runtime::open_log(&log_path)?;
         let mut cmd = spawn::command(&self.exe, &sandbox)?;
         cmd.args(["agent", "--node", node, "--source"])
             .arg(format!("files:{}", self.paths.cluster().display()))
