@@ -14,7 +14,10 @@ use std::time::{Duration, Instant};
 use ipnet::IpNet;
 use podwire_kernel::Netns;
 use podwire_model::k8s_openapi::api::core::v1::{Container, Pod};
-use podwire_model::{ClusterConfig, PlannedNode};
+use podwire_model::{ClusterConfig, PlannedNode, RoutingMode};
+
+/// The MTU of the lab's underlay links (veths on the switch bridges).
+const UNDERLAY_MTU: u32 = 1500;
 use serde_json::{Value, json};
 
 use crate::error::{LabError, Result};
@@ -26,7 +29,14 @@ use crate::spawn::{self, Sandbox};
 /// /etc/cni/net.d. Masquerade is the node agent's job (as with Flannel), so
 /// the plugin does not add its own; hairpin lets a pod reach itself through
 /// a Service.
-pub fn write_conflist(paths: &LabPaths, node: &PlannedNode) -> Result<()> {
+pub fn write_conflist(paths: &LabPaths, node: &PlannedNode, routing: RoutingMode) -> Result<()> {
+    // With VXLAN every pod packet pays the 50-byte overlay header, so pods
+    // get the overlay device's MTU (as Flannel does) instead of learning it
+    // through dropped first packets and path-MTU discovery.
+    let mtu = match routing {
+        RoutingMode::Vxlan => UNDERLAY_MTU - podwire_routing::VXLAN_OVERHEAD,
+        RoutingMode::HostGw => UNDERLAY_MTU,
+    };
     let conflist = json!({
         "cniVersion": "1.1.0",
         "name": "podnet",
@@ -37,6 +47,7 @@ pub fn write_conflist(paths: &LabPaths, node: &PlannedNode) -> Result<()> {
             "isDefaultGateway": true,
             "ipMasq": false,
             "hairpinMode": true,
+            "mtu": mtu,
             "capabilities": {"portMappings": true},
             "ipam": {
                 "type": "podwire",

@@ -210,7 +210,7 @@ impl Controller {
 
     fn add_node(&mut self, node: &PlannedNode, progress: Progress) -> Result<()> {
         topology::add_node(&self.paths, &self.spec, node)?;
-        runtime::write_conflist(&self.paths, node)?;
+        runtime::write_conflist(&self.paths, node, self.spec.routing)?;
         let mut object = podwire_model::node_object(node);
         object.metadata.creation_timestamp = Some(now());
         object
