@@ -54,6 +54,8 @@ pub fn apply(cmd: &mut Command, sandbox: &Sandbox) -> Result<()> {
         .collect::<Result<_>>()?;
     let hostname = sandbox.hostname.clone().map(|h| h.into_bytes());
     let root = cstring(Path::new("/"))?;
+    let sys = cstring(Path::new("/sys"))?;
+    let sysfs = cstring(Path::new("sysfs"))?;
     let none = CString::default();
     // SAFETY: the closure only makes system calls (setns, unshare, mount,
     // sethostname) on data prepared before fork.
@@ -65,7 +67,8 @@ pub fn apply(cmd: &mut Command, sandbox: &Sandbox) -> Result<()> {
                 return Err(std::io::Error::last_os_error());
             }
             let mut flags = 0;
-            if !binds.is_empty() {
+            let private_mounts = !binds.is_empty() || netns.is_some();
+            if private_mounts {
                 flags |= libc::CLONE_NEWNS;
             }
             if hostname.is_some() {
@@ -74,7 +77,7 @@ pub fn apply(cmd: &mut Command, sandbox: &Sandbox) -> Result<()> {
             if flags != 0 && libc::unshare(flags) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            if !binds.is_empty() {
+            if private_mounts {
                 // Keep the bind mounts inside this process's mount namespace.
                 if libc::mount(
                     none.as_ptr(),
@@ -97,6 +100,19 @@ pub fn apply(cmd: &mut Command, sandbox: &Sandbox) -> Result<()> {
                     {
                         return Err(std::io::Error::last_os_error());
                     }
+                }
+                // /sys shows the network devices of the namespace that
+                // mounted it: remount it (as `ip netns exec` does) so
+                // /sys/class/net is this namespace's. Best effort: a process
+                // that cannot is still correct for everything but /sys.
+                if netns.is_some() && libc::umount2(sys.as_ptr(), libc::MNT_DETACH) == 0 {
+                    let _ = libc::mount(
+                        sysfs.as_ptr(),
+                        sys.as_ptr(),
+                        sysfs.as_ptr(),
+                        0,
+                        std::ptr::null(),
+                    );
                 }
             }
             if let Some(name) = &hostname

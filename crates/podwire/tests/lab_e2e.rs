@@ -771,3 +771,43 @@ fn a_lab_never_removes_another_labs_namespaces() {
     );
     assert_reaches_without_nat(&b, &b.pod("default", "client"), &b.pod("default", "web"));
 }
+
+// ---------------------------------------------------------------------------
+// Troubleshooting inside the lab sees the namespace's own devices.
+
+/// `lab exec` in a pod or a node shows that namespace's devices under
+/// /sys/class/net (as `ip netns exec` does), with the MACs `ip` reports.
+#[test]
+fn exec_sees_the_namespace_own_sysfs() {
+    let lab = Lab::start("sysfs", None);
+    let pod_links = lab
+        .exec_pod("default", "client", &["ls", "/sys/class/net"])
+        .expect_ok();
+    let names: BTreeSet<&str> = pod_links.stdout.split_whitespace().collect();
+    assert_eq!(
+        names,
+        BTreeSet::from(["eth0", "lo"]),
+        "{}",
+        pod_links.stdout
+    );
+    let sys_mac = lab
+        .exec_pod("default", "client", &["cat", "/sys/class/net/eth0/address"])
+        .expect_ok();
+    let ip_link = lab
+        .exec_pod("default", "client", &["ip", "-o", "link", "show", "eth0"])
+        .expect_ok();
+    assert!(
+        ip_link.stdout.contains(sys_mac.stdout.trim()),
+        "sysfs MAC {} is not eth0's: {}",
+        sys_mac.stdout.trim(),
+        ip_link.stdout
+    );
+    let node_links = lab
+        .exec_node("node01", &["ls", "/sys/class/net"])
+        .expect_ok();
+    assert!(
+        node_links.stdout.split_whitespace().any(|n| n == "cni0"),
+        "{}",
+        node_links.stdout
+    );
+}
