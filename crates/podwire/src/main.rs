@@ -5,6 +5,7 @@
 mod agent;
 mod demo;
 mod dns;
+mod ingress;
 mod lab;
 mod serve;
 
@@ -52,6 +53,9 @@ enum Cmd {
     /// The cluster DNS server (the Kubernetes DNS schema, hosts file,
     /// forwarding, cache); `podwire dns plan` prints the zone it would serve.
     Dns(dns::DnsArgs),
+    /// The ingress controller: an HTTP proxy routing by Ingress rules to
+    /// ready endpoints; `podwire ingress plan` prints the route table.
+    Ingress(ingress::IngressArgs),
 }
 
 fn main() {
@@ -66,6 +70,7 @@ fn main() {
         Cmd::Lab(args) => lab::run(args),
         Cmd::Agent(args) => agent::run(args),
         Cmd::Dns(args) => dns::run(args),
+        Cmd::Ingress(args) => ingress::run(args),
     };
     if let Err(err) = outcome {
         eprintln!("error: {err:#}");
