@@ -1020,31 +1020,5 @@ fn main() -> std::process::ExitCode {
     for gone in ns::sweep(true) {
         eprintln!("removed leftover {gone}");
     }
-    match result {
-        Ok(report) => {
-            if args.json {
-                match serde_json::to_string_pretty(&report) {
-                    Ok(text) => println!("{text}"),
-                    Err(err) => {
-                        eprintln!("cni bench: {err}");
-                        return std::process::ExitCode::FAILURE;
-                    }
-                }
-            } else {
-                print_table(&report);
-            }
-            std::process::ExitCode::SUCCESS
-        }
-        Err(_) if ns::interrupted() => {
-            eprintln!("cni bench: interrupted; its namespaces and temp dirs are removed");
-            std::process::ExitCode::from(130)
-        }
-        Err(err) => {
-            eprintln!("cni bench failed: {err}");
-            for cause in err.chain().skip(1) {
-                eprintln!("  caused by: {cause}");
-            }
-            std::process::ExitCode::FAILURE
-        }
-    }
+    podwire_bench::finish("cni", result, args.json, print_table)
 }

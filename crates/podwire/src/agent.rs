@@ -79,12 +79,7 @@ enum AgentAction {
 }
 
 fn source_dir(args: &AgentArgs) -> Result<PathBuf> {
-    Ok(match args.source.as_deref() {
-        Some(s) if s.starts_with("files:") => PathBuf::from(&s["files:".len()..]),
-        Some("kube") => bail!("--source kube is not available yet: use --source files:DIR"),
-        Some(other) => bail!("unknown source {other:?}: use files:DIR"),
-        None => bail!("--source files:DIR is required"),
-    })
+    crate::source_dir(args.source.as_deref())
 }
 
 fn node(args: &AgentArgs) -> Result<String> {

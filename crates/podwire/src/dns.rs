@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use podwire_dns::{CacheConfig, PodMode, Server, ServerConfig, ZoneOptions};
 
@@ -74,15 +74,6 @@ enum DnsAction {
     Plan,
 }
 
-fn store_dir(source: Option<&str>) -> Result<PathBuf> {
-    match source {
-        Some(s) if s.starts_with("files:") => Ok(PathBuf::from(&s["files:".len()..])),
-        Some("kube") => bail!("--source kube is not available yet: use --source files:DIR"),
-        Some(other) => bail!("unknown source {other:?}: use files:DIR"),
-        None => bail!("--source files:DIR is required"),
-    }
-}
-
 fn optional_addr(flag: &str, value: &str) -> Result<Option<SocketAddr>> {
     if value == "off" {
         return Ok(None);
@@ -94,7 +85,7 @@ fn optional_addr(flag: &str, value: &str) -> Result<Option<SocketAddr>> {
 }
 
 pub fn run(args: DnsArgs) -> Result<()> {
-    let store = store_dir(args.source.as_deref())?;
+    let store = crate::source_dir(args.source.as_deref())?;
     let zone = ZoneOptions {
         zone: args.zone.clone(),
         ttl: args.ttl,

@@ -2,9 +2,8 @@
 //! `podwire ingress plan`, which prints the route table it would serve.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use clap::{Args, Subcommand};
 use podwire_ingress::{BackendRef, CompileOptions, DEFAULT_CLASS};
 use podwire_model::Store;
@@ -34,17 +33,8 @@ enum IngressAction {
     Plan,
 }
 
-fn store_dir(source: Option<&str>) -> Result<PathBuf> {
-    match source {
-        Some(s) if s.starts_with("files:") => Ok(PathBuf::from(&s["files:".len()..])),
-        Some("kube") => bail!("--source kube is not available yet: use --source files:DIR"),
-        Some(other) => bail!("unknown source {other:?}: use files:DIR"),
-        None => bail!("--source files:DIR is required"),
-    }
-}
-
 pub fn run(args: IngressArgs) -> Result<()> {
-    let dir = store_dir(args.source.as_deref())?;
+    let dir = crate::source_dir(args.source.as_deref())?;
     let store = Store::open(&dir);
     let options = CompileOptions {
         class: args.class,
