@@ -427,7 +427,8 @@ impl Controller {
             Kind::Deployment => 4,
             Kind::Pod => 5,
             Kind::EndpointSlice => 6,
-            Kind::Ingress => 7,
+            Kind::IngressClass => 7,
+            Kind::Ingress => 8,
         });
         let mut new_pods = Vec::new();
         for object in ordered {

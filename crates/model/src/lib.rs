@@ -12,7 +12,7 @@ pub use k8s_openapi::api::{
     apps::v1::Deployment,
     core::v1::{Namespace, Node, Pod, Secret, Service},
     discovery::v1::EndpointSlice,
-    networking::v1::Ingress,
+    networking::v1::{Ingress, IngressClass},
 };
 
 mod endpoints;

@@ -5,7 +5,8 @@ use k8s_openapi::Resource;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::{
-    Deployment, EndpointSlice, Ingress, ModelError, Namespace, Node, Pod, Secret, Service,
+    Deployment, EndpointSlice, Ingress, IngressClass, ModelError, Namespace, Node, Pod, Secret,
+    Service,
 };
 
 /// The kinds of [`Object`]; ordered so that sorting objects by kind puts
@@ -20,11 +21,12 @@ pub enum Kind {
     Deployment,
     Ingress,
     Secret,
+    IngressClass,
 }
 
 impl Kind {
     /// Every kind, in declaration order.
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 9] = [
         Kind::Namespace,
         Kind::Node,
         Kind::Pod,
@@ -33,6 +35,7 @@ impl Kind {
         Kind::Deployment,
         Kind::Ingress,
         Kind::Secret,
+        Kind::IngressClass,
     ];
 
     /// The lower-case plural resource name, as in API paths and the store's directories.
@@ -46,6 +49,7 @@ impl Kind {
             Kind::Deployment => "deployments",
             Kind::Ingress => "ingresses",
             Kind::Secret => "secrets",
+            Kind::IngressClass => "ingressclasses",
         }
     }
 
@@ -63,7 +67,7 @@ impl Kind {
 
     /// Whether objects of this kind live in a namespace.
     pub fn namespaced(self) -> bool {
-        !matches!(self, Kind::Namespace | Kind::Node)
+        !matches!(self, Kind::Namespace | Kind::Node | Kind::IngressClass)
     }
 
     /// The apiVersion objects of this kind carry.
@@ -77,6 +81,7 @@ impl Kind {
             Kind::Deployment => Deployment::API_VERSION,
             Kind::Ingress => Ingress::API_VERSION,
             Kind::Secret => Secret::API_VERSION,
+            Kind::IngressClass => IngressClass::API_VERSION,
         }
     }
 
@@ -91,6 +96,7 @@ impl Kind {
             Kind::Deployment => Deployment::KIND,
             Kind::Ingress => Ingress::KIND,
             Kind::Secret => Secret::KIND,
+            Kind::IngressClass => IngressClass::KIND,
         }
     }
 }
@@ -112,6 +118,7 @@ pub enum Object {
     Deployment(Deployment),
     Ingress(Ingress),
     Secret(Secret),
+    IngressClass(IngressClass),
 }
 
 impl Object {
@@ -126,6 +133,7 @@ impl Object {
             Object::Deployment(_) => Kind::Deployment,
             Object::Ingress(_) => Kind::Ingress,
             Object::Secret(_) => Kind::Secret,
+            Object::IngressClass(_) => Kind::IngressClass,
         }
     }
 
@@ -140,6 +148,7 @@ impl Object {
             Object::Deployment(o) => &o.metadata,
             Object::Ingress(o) => &o.metadata,
             Object::Secret(o) => &o.metadata,
+            Object::IngressClass(o) => &o.metadata,
         }
     }
 
@@ -154,6 +163,7 @@ impl Object {
             Object::Deployment(o) => &mut o.metadata,
             Object::Ingress(o) => &mut o.metadata,
             Object::Secret(o) => &mut o.metadata,
+            Object::IngressClass(o) => &mut o.metadata,
         }
     }
 
@@ -195,6 +205,7 @@ impl Object {
             Object::Deployment(o) => serde_json::to_value(o),
             Object::Ingress(o) => serde_json::to_value(o),
             Object::Secret(o) => serde_json::to_value(o),
+            Object::IngressClass(o) => serde_json::to_value(o),
         };
         // Serializing these plain data types cannot fail (no maps with
         // non-string keys, no custom serializers that error); keep a
@@ -259,6 +270,7 @@ impl Object {
             Kind::Deployment => Object::Deployment(parse(v).map_err(invalid)?),
             Kind::Ingress => Object::Ingress(parse(v).map_err(invalid)?),
             Kind::Secret => Object::Secret(parse(v).map_err(invalid)?),
+            Kind::IngressClass => Object::IngressClass(parse(v).map_err(invalid)?),
         })
     }
 }
@@ -285,7 +297,8 @@ from_impl!(
     EndpointSlice,
     Deployment,
     Ingress,
-    Secret
+    Secret,
+    IngressClass
 );
 
 #[cfg(test)]

@@ -7,7 +7,8 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use crate::{
-    Deployment, EndpointSlice, Ingress, Kind, Namespace, Node, Object, Pod, Secret, Service,
+    Deployment, EndpointSlice, Ingress, IngressClass, Kind, Namespace, Node, Object, Pod, Secret,
+    Service,
 };
 
 /// How nodes reach each other's pod slices.
@@ -58,6 +59,8 @@ pub struct ClusterState {
     pub deployments: BTreeMap<(String, String), Deployment>,
     pub ingresses: BTreeMap<(String, String), Ingress>,
     pub secrets: BTreeMap<(String, String), Secret>,
+    /// Cluster-scoped, keyed by name.
+    pub ingress_classes: BTreeMap<String, IngressClass>,
 }
 
 /// One node as the routing agent sees it.
@@ -136,6 +139,9 @@ impl ClusterState {
             Object::Secret(o) => {
                 self.secrets.insert(key, o);
             }
+            Object::IngressClass(o) => {
+                self.ingress_classes.insert(key.1, o);
+            }
         }
     }
 
@@ -152,6 +158,7 @@ impl ClusterState {
             Kind::Deployment => self.deployments.remove(&key).is_some(),
             Kind::Ingress => self.ingresses.remove(&key).is_some(),
             Kind::Secret => self.secrets.remove(&key).is_some(),
+            Kind::IngressClass => self.ingress_classes.remove(name).is_some(),
         }
     }
 
@@ -171,6 +178,11 @@ impl ClusterState {
             Kind::Deployment => self.deployments.get(&key).cloned().map(Object::Deployment),
             Kind::Ingress => self.ingresses.get(&key).cloned().map(Object::Ingress),
             Kind::Secret => self.secrets.get(&key).cloned().map(Object::Secret),
+            Kind::IngressClass => self
+                .ingress_classes
+                .get(name)
+                .cloned()
+                .map(Object::IngressClass),
         }
     }
 
@@ -190,6 +202,12 @@ impl ClusterState {
         out.extend(self.deployments.values().cloned().map(Object::Deployment));
         out.extend(self.ingresses.values().cloned().map(Object::Ingress));
         out.extend(self.secrets.values().cloned().map(Object::Secret));
+        out.extend(
+            self.ingress_classes
+                .values()
+                .cloned()
+                .map(Object::IngressClass),
+        );
         out
     }
 }
