@@ -47,6 +47,33 @@ pub struct LabSpec {
     /// kube-dns Service), as kubeadm installs CoreDNS. Default true.
     #[serde(default = "yes", rename = "clusterDNS")]
     pub cluster_dns: bool,
+    /// Whether the lab runs the ingress controller (two `podwire ingress`
+    /// pods behind the NodePort Service `ingress-podwire/podwire-ingress`,
+    /// nodePorts 30800 and 30443) and its default IngressClass `podwire`.
+    /// Default true.
+    #[serde(default = "yes")]
+    pub ingress: bool,
+    /// TLS Secrets the lab issues from its own CA (`ca.crt` in the lab's
+    /// state directory), as cert-manager would in a cluster.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub certificates: Vec<LabCertificate>,
+}
+
+/// A `kubernetes.io/tls` Secret the lab creates, signed by the lab's CA.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LabCertificate {
+    /// The Secret's namespace (default `default`).
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    /// The Secret's name (what an Ingress's `spec.tls[].secretName` names).
+    pub name: String,
+    /// DNS names the certificate is valid for (`*.example.com` allowed).
+    pub hosts: Vec<String>,
+}
+
+fn default_namespace() -> String {
+    "default".into()
 }
 
 fn yes() -> bool {
@@ -99,6 +126,8 @@ impl Default for LabSpec {
                 subnet: Ipv4Net::new_assert([203, 0, 113, 0].into(), 24),
             }),
             cluster_dns: true,
+            ingress: true,
+            certificates: Vec::new(),
         }
     }
 }
@@ -210,6 +239,87 @@ impl LabSpec {
             let count = per_underlay.get(u.name.as_str()).copied().unwrap_or(0);
             check_hosts_fit(&format!("underlay {:?}", u.name), u.subnet, count)?;
         }
+        self.validate_certificates()
+    }
+
+    /// Certificates: valid Secret names, DNS host names, no Secret twice.
+    fn validate_certificates(&self) -> Result<(), ModelError> {
+        let mut seen = BTreeSet::new();
+        for (i, cert) in self.certificates.iter().enumerate() {
+            let path = format!("spec.certificates[{i}]");
+            let field = |field: &str, e: ModelError| ModelError::InvalidField {
+                path: format!("{path}.{field}"),
+                message: e.to_string(),
+            };
+            validate_label("namespace", &cert.namespace).map_err(|e| field("namespace", e))?;
+            validate_subdomain("Secret", &cert.name).map_err(|e| field("name", e))?;
+            if !seen.insert((cert.namespace.as_str(), cert.name.as_str())) {
+                return Err(ModelError::InvalidField {
+                    path,
+                    message: format!(
+                        "Secret {}/{} is listed twice; list each certificate once with all its hosts",
+                        cert.namespace, cert.name
+                    ),
+                });
+            }
+            if cert.hosts.is_empty() {
+                return Err(ModelError::InvalidField {
+                    path: format!("{path}.hosts"),
+                    message:
+                        "is empty; name the host(s) the certificate is for, e.g. [web.example.com]"
+                            .into(),
+                });
+            }
+            for (j, host) in cert.hosts.iter().enumerate() {
+                if let Some(reason) = certificate_host_problem(host) {
+                    return Err(ModelError::InvalidField {
+                        path: format!("{path}.hosts[{j}]"),
+                        message: format!(
+                            "{host:?} is not a DNS name ({reason}); write e.g. web.example.com or *.example.com"
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks certificates against the manifest's objects: each Secret's
+    /// namespace must exist (declared, built in, or in `existing`), and no
+    /// declared object may be the same Secret.
+    pub fn validate_certificates_with(
+        &self,
+        objects: &[Object],
+        existing: &BTreeSet<String>,
+    ) -> Result<(), ModelError> {
+        for (i, cert) in self.certificates.iter().enumerate() {
+            let path = format!("spec.certificates[{i}]");
+            let declared = existing.contains(&cert.namespace)
+                || BUILTIN_NAMESPACES.contains(&cert.namespace.as_str())
+                || objects
+                    .iter()
+                    .any(|o| o.kind() == Kind::Namespace && o.name() == cert.namespace);
+            if !declared {
+                return Err(ModelError::InvalidField {
+                    path: format!("{path}.namespace"),
+                    message: format!(
+                        "namespace {:?} is not declared; add a Namespace object for it to the manifest",
+                        cert.namespace
+                    ),
+                });
+            }
+            if objects.iter().any(|o| {
+                o.kind() == Kind::Secret && o.namespace() == cert.namespace && o.name() == cert.name
+            }) {
+                return Err(ModelError::InvalidField {
+                    path,
+                    message: format!(
+                        "Secret {}/{} is also declared as an object; the lab creates certificate Secrets itself, so remove one of the two",
+                        cert.namespace, cert.name
+                    ),
+                });
+            }
+        }
         Ok(())
     }
 
@@ -248,6 +358,27 @@ impl LabSpec {
         }
         Ok(())
     }
+}
+
+/// Why `host` cannot be a certificate's DNS name, if it cannot: DNS labels
+/// (lower-case), optionally a leading `*.` wildcard over at least two labels.
+fn certificate_host_problem(host: &str) -> Option<String> {
+    let name = host.strip_prefix("*.").unwrap_or(host);
+    if name.is_empty() || name.len() > 253 {
+        return Some("empty or longer than 253 characters".into());
+    }
+    if host.starts_with("*.") && !name.contains('.') {
+        return Some("a wildcard must cover a domain of two labels or more".into());
+    }
+    name.split('.')
+        .find(|part| validate_label("host part", part).is_err())
+        .map(|part| {
+            if part.contains('*') {
+                "only a leading `*.` may be a wildcard".to_string()
+            } else {
+                format!("part {part:?} is not a lower-case DNS label")
+            }
+        })
 }
 
 fn validate_domain(domain: &str) -> Result<(), ModelError> {
@@ -340,6 +471,9 @@ struct RawSpec {
     external: Option<Option<RawNet>>,
     #[serde(rename = "clusterDNS")]
     cluster_dns: Option<bool>,
+    ingress: Option<bool>,
+    #[serde(default)]
+    certificates: Vec<LabCertificate>,
 }
 
 #[derive(Deserialize)]
@@ -423,6 +557,8 @@ fn spec_from_value(document: usize, value: serde_json::Value) -> Result<LabSpec,
         nodes: spec.nodes,
         external,
         cluster_dns: spec.cluster_dns.unwrap_or(defaults.cluster_dns),
+        ingress: spec.ingress.unwrap_or(defaults.ingress),
+        certificates: spec.certificates,
     })
 }
 
@@ -519,6 +655,7 @@ pub fn parse_lab(yaml: &str) -> Result<LabManifest, ModelError> {
     })?;
     spec.validate()?;
     validate_objects(&objects, &BTreeSet::new())?;
+    spec.validate_certificates_with(&objects, &BTreeSet::new())?;
     Ok(LabManifest { spec, objects })
 }
 
@@ -769,7 +906,28 @@ mod tests {
                 (Kind::Deployment, "apps".into(), "web".into()),
                 (Kind::Service, "apps".into(), "web-service".into()),
                 (Kind::Pod, "default".into(), "client".into()),
+                (Kind::Ingress, "apps".into(), "web".into()),
             ]
+        );
+        assert!(s.cluster_dns && s.ingress);
+        assert_eq!(
+            s.certificates,
+            [LabCertificate {
+                namespace: "apps".into(),
+                name: "web-tls".into(),
+                hosts: vec!["web.example.com".into()],
+            }]
+        );
+        let Object::Ingress(ing) = &m.objects[4] else {
+            panic!("not an ingress")
+        };
+        let ing = ing.spec.as_ref().unwrap();
+        assert_eq!(ing.ingress_class_name.as_deref(), Some("podwire"));
+        let tls = &ing.tls.as_ref().unwrap()[0];
+        assert_eq!(tls.secret_name.as_deref(), Some("web-tls"));
+        assert_eq!(
+            tls.hosts.as_deref(),
+            Some(&["web.example.com".to_string()][..])
         );
         let Object::Deployment(d) = &m.objects[1] else {
             panic!("not a deployment")
@@ -1022,6 +1180,83 @@ mod tests {
         assert_eq!(parse_objects(list).unwrap().len(), 2);
         let (spec, objects) = parse_manifest(builtin_example()).unwrap();
         assert_eq!(spec.map(|s| s.nodes.len()), Some(3));
-        assert_eq!(objects.len(), 4);
+        assert_eq!(objects.len(), 5);
+    }
+
+    #[test]
+    fn ingress_and_certificates_fields() {
+        let m = lab("  nodes: [{name: a}]\n").unwrap();
+        assert!(m.spec.ingress, "ingress defaults to on");
+        assert!(m.spec.certificates.is_empty());
+        let m = lab("  ingress: false\n  nodes: [{name: a}]\n  certificates: [{name: t, hosts: [a.example.com, '*.b.example.com']}]\n").unwrap();
+        assert!(!m.spec.ingress);
+        assert_eq!(m.spec.certificates[0].namespace, "default");
+        // The stored form round-trips, certificates included.
+        let json = serde_json::to_value(&m.spec).unwrap();
+        assert_eq!(json["ingress"], false);
+        assert_eq!(serde_json::from_value::<LabSpec>(json).unwrap(), m.spec);
+        let stored_before = serde_json::json!({
+            "name": "x", "podCIDR": "10.244.0.0/16", "nodeSlicePrefix": 24,
+            "serviceCIDR": "10.96.0.0/12", "clusterDomain": "cluster.local",
+            "routing": "vxlan", "underlays": [], "nodes": [], "external": null
+        });
+        let old: LabSpec = serde_json::from_value(stored_before).unwrap();
+        assert!(old.ingress && old.cluster_dns && old.certificates.is_empty());
+    }
+
+    #[test]
+    fn certificate_errors() {
+        let cert = |c: &str| lab(&format!("  nodes: [{{name: a}}]\n  certificates: [{c}]\n"));
+        let e = cert("{name: t, hosts: []}").unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("spec.certificates[0].hosts: is empty"),
+            "{e}"
+        );
+        let e = cert("{name: t, hosts: [ok.example.com, Bad_Host]}").unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("spec.certificates[0].hosts[1]: \"Bad_Host\" is not a DNS name"),
+            "{e}"
+        );
+        let e = cert("{name: t, hosts: ['a.*.example.com']}").unwrap_err();
+        assert!(e.to_string().contains("only a leading `*.`"), "{e}");
+        let e = cert("{name: t, hosts: ['*.com']}").unwrap_err();
+        assert!(e.to_string().contains("two labels"), "{e}");
+        let e = cert("{name: T, hosts: [a.b]}").unwrap_err();
+        assert!(
+            e.to_string().starts_with("spec.certificates[0].name"),
+            "{e}"
+        );
+        let e = cert("{name: t, namespace: Apps, hosts: [a.b]}").unwrap_err();
+        assert!(
+            e.to_string().starts_with("spec.certificates[0].namespace"),
+            "{e}"
+        );
+        let e = cert("{name: t, hosts: [a.b]}, {name: t, hosts: [c.d]}").unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("spec.certificates[1]: Secret default/t is listed twice"),
+            "{e}"
+        );
+        let e = cert("{name: t, host: [a.b]}").unwrap_err();
+        assert!(e.to_string().contains("host"), "{e}");
+        let e = cert("{name: t, namespace: apps, hosts: [a.b]}").unwrap_err();
+        assert!(
+            e.to_string().contains("namespace \"apps\" is not declared"),
+            "{e}"
+        );
+        let ns = "apiVersion: v1\nkind: Namespace\nmetadata: {name: apps}\n";
+        let with = |objects: &str| {
+            parse_lab(&format!(
+                "{HEAD}spec:\n  nodes: [{{name: a}}]\n  certificates: [{{name: t, namespace: apps, hosts: [a.b]}}]\n---\n{objects}"
+            ))
+        };
+        assert!(with(ns).is_ok());
+        let e = with(&format!(
+            "{ns}---\napiVersion: v1\nkind: Secret\nmetadata: {{name: t, namespace: apps}}\n"
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("also declared as an object"), "{e}");
     }
 }

@@ -29,8 +29,9 @@ mod workload;
 pub use endpoints::endpoint_slices;
 pub use error::{ModelError, SUPPORTED_KINDS};
 pub use lab::{
-    BUILTIN_NAMESPACES, ExternalHost, LAB_API_VERSION, LAB_KIND, LabManifest, LabNode, LabSpec,
-    Underlay, builtin_example, parse_lab, parse_manifest, parse_objects, validate_objects,
+    BUILTIN_NAMESPACES, ExternalHost, LAB_API_VERSION, LAB_KIND, LabCertificate, LabManifest,
+    LabNode, LabSpec, Underlay, builtin_example, parse_lab, parse_manifest, parse_objects,
+    validate_objects,
 };
 pub use names::{validate_label, validate_subdomain};
 pub use object::{Kind, Object};
