@@ -2,7 +2,7 @@
 //! straight from the store the components watch.
 
 use podwire_model::k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use podwire_model::{ClusterState, Object};
+use podwire_model::{ClusterState, Kind, Object};
 
 use crate::error::{LabError, Result};
 
@@ -83,6 +83,16 @@ fn in_namespace<T: Clone>(
         .collect()
 }
 
+/// The kind a resource name lists, for the cluster-scoped ones' messages.
+fn objects_kind(resource: &str) -> Option<Kind> {
+    match resource {
+        "nodes" | "node" | "no" => Some(Kind::Node),
+        "namespaces" | "namespace" | "ns" => Some(Kind::Namespace),
+        "ingressclasses" | "ingressclass" => Some(Kind::IngressClass),
+        _ => None,
+    }
+}
+
 /// Renders the query against a cluster state.
 pub fn render(state: &ClusterState, query: &Query) -> Result<String> {
     let all = query.namespace.is_none();
@@ -99,6 +109,13 @@ pub fn render(state: &ClusterState, query: &Query) -> Result<String> {
         "deployments" | "deployment" | "deploy" => {
             in_namespace(&state.deployments, query, Object::Deployment)
         }
+        "ingressclasses" | "ingressclass" => state
+            .ingress_classes
+            .values()
+            .cloned()
+            .map(Object::IngressClass)
+            .collect(),
+        "secrets" | "secret" => in_namespace(&state.secrets, query, Object::Secret),
         "namespaces" | "namespace" | "ns" => state
             .namespaces
             .values()
@@ -107,7 +124,7 @@ pub fn render(state: &ClusterState, query: &Query) -> Result<String> {
             .collect(),
         other => {
             return Err(LabError::Invalid(format!(
-                "unknown resource {other:?}: use nodes, pods, svc, endpoints, ingress, deployments or namespaces"
+                "unknown resource {other:?}: use nodes, pods, svc, endpoints, ingress, ingressclasses, secrets, deployments or namespaces"
             )));
         }
     };
@@ -124,7 +141,12 @@ pub fn render(state: &ClusterState, query: &Query) -> Result<String> {
     }
     if objects.is_empty() {
         return Ok(match &query.namespace {
-            Some(ns) if resource != "nodes" && resource != "namespaces" => {
+            Some(ns)
+                if !matches!(
+                    objects_kind(resource),
+                    Some(Kind::Node | Kind::Namespace | Kind::IngressClass)
+                ) =>
+            {
                 format!("No resources found in {ns} namespace.\n")
             }
             _ => "No resources found\n".into(),
@@ -414,6 +436,50 @@ pub fn render(state: &ClusterState, query: &Query) -> Result<String> {
                 rows.push(row);
             }
         }
+        Some(Object::IngressClass(_)) => {
+            rows.push(
+                ["NAME", "CONTROLLER", "PARAMETERS", "AGE"]
+                    .into_iter()
+                    .map(String::from)
+                    .collect(),
+            );
+            for o in &objects {
+                let Object::IngressClass(c) = o else { continue };
+                let spec = c.spec.clone().unwrap_or_default();
+                rows.push(vec![
+                    c.metadata.name.clone().unwrap_or_default(),
+                    spec.controller.unwrap_or_else(|| "<none>".into()),
+                    spec.parameters
+                        .map(|p| format!("{}/{}", p.kind, p.name))
+                        .unwrap_or_else(|| "<none>".into()),
+                    age(c.metadata.creation_timestamp.as_ref()),
+                ]);
+            }
+        }
+        Some(Object::Secret(_)) => {
+            let mut head: Vec<String> = ["NAME", "TYPE", "DATA", "AGE"]
+                .into_iter()
+                .map(String::from)
+                .collect();
+            ns_col("NAMESPACE".into(), &mut head);
+            rows.push(head);
+            for o in &objects {
+                let Object::Secret(secret) = o else { continue };
+                let data = secret.data.as_ref().map_or(0, |d| d.len())
+                    + secret.string_data.as_ref().map_or(0, |d| d.len());
+                let mut row = vec![
+                    secret.metadata.name.clone().unwrap_or_default(),
+                    secret.type_.clone().unwrap_or_else(|| "Opaque".into()),
+                    data.to_string(),
+                    age(secret.metadata.creation_timestamp.as_ref()),
+                ];
+                ns_col(
+                    secret.metadata.namespace.clone().unwrap_or_default(),
+                    &mut row,
+                );
+                rows.push(row);
+            }
+        }
         Some(Object::Namespace(_)) => {
             rows.push(vec!["NAME".into(), "STATUS".into(), "AGE".into()]);
             for o in &objects {
@@ -428,4 +494,61 @@ pub fn render(state: &ClusterState, query: &Query) -> Result<String> {
         _ => {}
     }
     Ok(table(rows))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(yaml: &str) -> ClusterState {
+        let mut state = ClusterState::default();
+        for object in podwire_model::parse_objects(yaml).unwrap() {
+            state.insert(object);
+        }
+        state
+    }
+
+    fn query(resource: &str, namespace: Option<&str>) -> Query {
+        Query {
+            resource: resource.into(),
+            namespace: namespace.map(String::from),
+            output: Output::Table,
+        }
+    }
+
+    #[test]
+    fn secrets_and_ingress_classes() {
+        let s = state(
+            "apiVersion: v1\nkind: Secret\nmetadata: {name: web-tls, namespace: apps}\ntype: kubernetes.io/tls\ndata: {tls.crt: YQ==, tls.key: Yg==}\n---\n\
+             apiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata: {name: podwire}\nspec: {controller: podwire.io/ingress}\n",
+        );
+        let out = render(&s, &query("secrets", None)).unwrap();
+        let rows: Vec<Vec<&str>> = out
+            .lines()
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(rows[0], ["NAMESPACE", "NAME", "TYPE", "DATA", "AGE"]);
+        assert_eq!(rows[1][..4], ["apps", "web-tls", "kubernetes.io/tls", "2"]);
+        assert_eq!(
+            render(&s, &query("secret", Some("default"))).unwrap(),
+            "No resources found in default namespace.\n"
+        );
+        let out = render(&s, &query("ingressclasses", Some("default"))).unwrap();
+        let rows: Vec<Vec<&str>> = out
+            .lines()
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(rows[0], ["NAME", "CONTROLLER", "PARAMETERS", "AGE"]);
+        assert_eq!(rows[1][..3], ["podwire", "podwire.io/ingress", "<none>"]);
+        assert_eq!(
+            render(&ClusterState::default(), &query("ingressclass", Some("x"))).unwrap(),
+            "No resources found\n"
+        );
+        assert!(
+            render(&s, &query("configmaps", None))
+                .unwrap_err()
+                .to_string()
+                .contains("ingressclasses, secrets")
+        );
+    }
 }

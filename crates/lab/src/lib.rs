@@ -4,6 +4,7 @@
 //! through the CNI plugin exactly as a runtime does; every node runs the
 //! podwire agent; one supervisor process per lab owns the long-running parts.
 
+pub mod certs;
 pub mod error;
 pub mod get;
 pub mod netns;

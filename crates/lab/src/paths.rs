@@ -66,6 +66,11 @@ impl LabPaths {
     pub fn supervisor_log(&self) -> PathBuf {
         self.dir.join("supervisor.log")
     }
+    /// The lab CA's certificate (clients: `curl --cacert`); its key is
+    /// `ca.key` beside it.
+    pub fn ca_cert(&self) -> PathBuf {
+        crate::certs::LabCa::cert_path(&self.dir)
+    }
     pub fn cni_bin(&self) -> PathBuf {
         self.dir.join("cni-bin")
     }

@@ -506,6 +506,61 @@ pub fn wait_reachable(ns: &str, addr: SocketAddr, timeout: Duration) -> Result<(
     }
 }
 
+/// Waits until `GET http://addr/path` from inside namespace `ns` answers
+/// with a status kubelet counts as ready (200-399), as an httpGet
+/// readinessProbe.
+pub fn wait_http_ready(ns: &str, addr: SocketAddr, path: &str, timeout: Duration) -> Result<()> {
+    let netns = Netns::open(netns_path(ns))?;
+    let deadline = Instant::now() + timeout;
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: podwire-lab-probe\r\nConnection: close\r\n\r\n"
+    );
+    let handle = std::thread::spawn(move || -> Option<String> {
+        let _inside = netns.enter().ok()?;
+        let mut last = String::from("no answer");
+        while Instant::now() < deadline {
+            match http_status(addr, &request) {
+                Ok(code) if (200..400).contains(&code) => return None,
+                Ok(code) => last = format!("status {code}"),
+                Err(e) => last = e.to_string(),
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(last)
+    });
+    match handle.join() {
+        Ok(None) => Ok(()),
+        Ok(Some(last)) => Err(LabError::Failed(format!(
+            "readiness probe GET http://{addr}{path} did not succeed within {timeout:?} (seen from {ns}; last: {last})"
+        ))),
+        Err(_) => Err(LabError::Failed(format!(
+            "readiness probe of {addr} failed (seen from {ns})"
+        ))),
+    }
+}
+
+/// One HTTP request; the status code of the answer.
+fn http_status(addr: SocketAddr, request: &str) -> std::io::Result<u16> {
+    use std::io::Read;
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(200))?;
+    stream.set_read_timeout(Some(Duration::from_millis(500)))?;
+    stream.write_all(request.as_bytes())?;
+    let mut head = [0u8; 32];
+    let mut len = 0;
+    while len < head.len() {
+        match stream.read(&mut head[len..])? {
+            0 => break,
+            n => len += n,
+        }
+    }
+    // "HTTP/1.1 200 OK": the three digits after the first space.
+    std::str::from_utf8(&head[..len])
+        .ok()
+        .and_then(|t| t.split(' ').nth(1))
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| std::io::Error::other("not an HTTP answer"))
+}
+
 /// Runs a command inside a pod (its network, resolv.conf, hosts, hostname)
 /// and returns its exit code; stdio is the caller's.
 pub fn exec_in(sandbox: &Sandbox, argv: &[String]) -> Result<i32> {

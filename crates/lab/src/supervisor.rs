@@ -20,10 +20,21 @@ use podwire_model::k8s_openapi::jiff::Timestamp;
 use podwire_model::{ClusterState, Kind, LabNode, LabPlan, LabSpec, Object, PlannedNode, Store};
 use serde::{Deserialize, Serialize};
 
+use crate::certs::{self, LabCa};
 use crate::error::{LabError, Result};
 use crate::paths::{LabPaths, netns_path};
 use crate::spawn::{self, Sandbox};
 use crate::{netns, runtime, topology};
+
+/// Where the lab's ingress controller runs and what it is called, as
+/// ingress-nginx's install manifests name theirs.
+pub const INGRESS_NAMESPACE: &str = "ingress-podwire";
+pub const INGRESS_NAME: &str = "podwire-ingress";
+/// The IngressClass the lab installs (the controller's default `--class`).
+pub const INGRESS_CLASS: &str = "podwire";
+/// The nodePorts of the controller's Service on every node.
+pub const INGRESS_HTTP_NODE_PORT: i32 = 30800;
+pub const INGRESS_HTTPS_NODE_PORT: i32 = 30443;
 
 /// A request on the control socket (one JSON line).
 #[derive(Debug, Serialize, Deserialize)]
@@ -190,8 +201,29 @@ impl Controller {
         }
         self.store.bump()?;
         self.start_external_dns(progress)?;
+        let ca = LabCa::create(&self.paths.dir, &self.paths.name)?;
+        progress(&format!(
+            "lab CA in {} ({} certificate{})",
+            LabCa::cert_path(&self.paths.dir).display(),
+            self.spec.certificates.len(),
+            if self.spec.certificates.len() == 1 {
+                ""
+            } else {
+                "s"
+            }
+        ));
         let mut all = self.system_objects()?;
+        // An object the manifest declares itself replaces the lab's own
+        // (e.g. a Deployment podwire-ingress with other replicas).
+        all.retain(|sys| {
+            !objects.iter().any(|o| {
+                o.kind() == sys.kind() && o.namespace() == sys.namespace() && o.name() == sys.name()
+            })
+        });
         all.extend(objects);
+        for cert in &self.spec.certificates {
+            all.push(ca.secret(cert)?);
+        }
         self.apply(all, progress)?;
         let pods = self.state.pods.len();
         Ok(format!(
@@ -305,10 +337,90 @@ impl Controller {
         Ok(())
     }
 
-    /// What kubeadm installs in every cluster: cluster DNS (two replicas of
-    /// `podwire dns` labelled k8s-app=kube-dns) behind the kube-dns Service
-    /// at the service range's tenth address.
+    /// What the lab installs besides the manifest's objects: cluster DNS
+    /// (as kubeadm does) and the ingress controller (as an ingress-nginx
+    /// install manifest does), each unless the Lab spec turns it off.
     fn system_objects(&self) -> Result<Vec<Object>> {
+        let mut objects = self.dns_objects()?;
+        if self.spec.ingress {
+            objects.extend(self.ingress_objects()?);
+        }
+        Ok(objects)
+    }
+
+    /// The ingress controller: namespace `ingress-podwire`, the default
+    /// IngressClass `podwire`, two `podwire ingress` pods reading the lab's
+    /// store, and the NodePort Service that makes them reachable on every
+    /// node at 30800 (HTTP) and 30443 (HTTPS), as a bare-metal
+    /// ingress-nginx is reached.
+    fn ingress_objects(&self) -> Result<Vec<Object>> {
+        let command = vec![
+            self.exe.display().to_string(),
+            "ingress".into(),
+            "--source".into(),
+            format!("files:{}", self.paths.cluster().display()),
+            "--listen".into(),
+            "0.0.0.0:80".into(),
+        ];
+        let labels = serde_json::json!({
+            "app.kubernetes.io/name": INGRESS_NAME,
+            "app.kubernetes.io/component": "controller",
+        });
+        let namespace = serde_json::json!({
+            "apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": INGRESS_NAMESPACE, "labels": {"app.kubernetes.io/name": INGRESS_NAME}},
+        });
+        let class = serde_json::json!({
+            "apiVersion": "networking.k8s.io/v1", "kind": "IngressClass",
+            "metadata": {
+                "name": INGRESS_CLASS,
+                "labels": labels,
+                "annotations": {"ingressclass.kubernetes.io/is-default-class": "true"},
+            },
+            "spec": {"controller": "podwire.io/ingress"},
+        });
+        let deployment = serde_json::json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": INGRESS_NAME, "namespace": INGRESS_NAMESPACE, "labels": labels},
+            "spec": {
+                "replicas": 2,
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {
+                        "containers": [{
+                            "name": "controller",
+                            "command": command,
+                            "ports": [
+                                {"name": "http", "containerPort": 80, "protocol": "TCP"},
+                            ],
+                        }],
+                    },
+                },
+            },
+        });
+        let service = serde_json::json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": INGRESS_NAME, "namespace": INGRESS_NAMESPACE, "labels": labels},
+            "spec": {
+                "type": "NodePort",
+                "selector": labels,
+                "ports": [
+                    {"name": "http", "port": 80, "protocol": "TCP", "targetPort": "http", "nodePort": INGRESS_HTTP_NODE_PORT},
+                    {"name": "https", "port": 443, "protocol": "TCP", "targetPort": 443, "nodePort": INGRESS_HTTPS_NODE_PORT},
+                ],
+            },
+        });
+        [namespace, class, deployment, service]
+            .iter()
+            .map(|o| Object::from_json(o).map_err(LabError::from))
+            .collect()
+    }
+
+    /// Cluster DNS, as kubeadm installs it: two replicas of `podwire dns`
+    /// labelled k8s-app=kube-dns behind the kube-dns Service at the service
+    /// range's tenth address.
+    fn dns_objects(&self) -> Result<Vec<Object>> {
         let config = self.spec.cluster_config();
         let Some(dns_ip) =
             podwire_model::kube_dns_ip(config.service_cidr).filter(|_| self.spec.cluster_dns)
@@ -619,17 +731,27 @@ impl Controller {
         Ok(())
     }
 
-    /// Applies a changed Lab document: only nodes may be added; every other
-    /// setting is fixed when the lab comes up.
-    pub fn apply_lab(&mut self, spec: &LabSpec, progress: Progress) -> Result<()> {
+    /// Applies a changed Lab document: nodes may be added and certificates
+    /// added or changed; every other setting is fixed when the lab comes up.
+    /// Returns the certificate Secrets to create or replace (new, or whose
+    /// hosts changed, or deleted since), for [`Controller::apply`] together
+    /// with the document's `objects`.
+    pub fn apply_lab(
+        &mut self,
+        spec: &LabSpec,
+        objects: &[Object],
+        progress: Progress,
+    ) -> Result<Vec<Object>> {
         let mut fixed = spec.clone();
         fixed.name = self.spec.name.clone();
         fixed.nodes = self.spec.nodes.clone();
+        fixed.certificates = self.spec.certificates.clone();
         if fixed != self.spec {
             return Err(LabError::Invalid(
-                "only nodes can be added to a running lab: its ranges, routing, underlays and external host are fixed at `lab up` (run `lab down` and `lab up` to change them)".into(),
+                "only nodes and certificates can be added to a running lab: its ranges, routing, underlays, external host, clusterDNS and ingress are fixed at `lab up` (run `lab down` and `lab up` to change them)".into(),
             ));
         }
+        let secrets = self.certificate_secrets(spec, objects, progress)?;
         let added: Vec<LabNode> = spec
             .nodes
             .iter()
@@ -637,7 +759,7 @@ impl Controller {
             .cloned()
             .collect();
         if added.is_empty() {
-            return Ok(());
+            return Ok(secrets);
         }
         let mut next = self.spec.clone();
         next.nodes.extend(added.iter().cloned());
@@ -663,7 +785,50 @@ impl Controller {
             self.store.bump()?;
             return Err(e);
         }
-        Ok(())
+        Ok(secrets)
+    }
+
+    /// The Secrets of a Lab document's certificates that are missing or
+    /// issued for other hosts; records the document's certificate list.
+    /// Unchanged ones are left alone, so re-applying the lab file does not
+    /// churn keys.
+    fn certificate_secrets(
+        &mut self,
+        spec: &LabSpec,
+        objects: &[Object],
+        progress: Progress,
+    ) -> Result<Vec<Object>> {
+        let mut next = self.spec.clone();
+        next.certificates = spec.certificates.clone();
+        next.validate()?;
+        let namespaces: BTreeSet<String> = self.state.namespaces.keys().cloned().collect();
+        next.validate_certificates_with(objects, &namespaces)?;
+        let wanted: Vec<_> = spec
+            .certificates
+            .iter()
+            .filter(|cert| {
+                self.state
+                    .secrets
+                    .get(&(cert.namespace.clone(), cert.name.clone()))
+                    .is_none_or(|secret| !certs::is_current(secret, cert))
+            })
+            .collect();
+        let mut secrets = Vec::new();
+        if !wanted.is_empty() {
+            let ca = LabCa::load(&self.paths.dir, &self.paths.name)?;
+            for cert in wanted {
+                secrets.push(ca.secret(cert)?);
+                progress(&format!(
+                    "certificate {}/{} issued for {}",
+                    cert.namespace,
+                    cert.name,
+                    cert.hosts.join(", ")
+                ));
+            }
+        }
+        self.spec.certificates = spec.certificates.clone();
+        save_record(&self.paths, &self.spec)?;
+        Ok(secrets)
     }
 
     /// Removes the nodes a Lab document names (`lab delete -f` of a Lab).
@@ -829,6 +994,38 @@ impl Controller {
                 runtime::wait_reachable(
                     &self.paths.node_ns(&node),
                     SocketAddr::new(ip, port),
+                    Duration::from_secs(10),
+                )?;
+            }
+            // An httpGet readiness probe, as kubelet runs it: e.g. the
+            // ingress controller's /healthz, 200 once its routes are loaded.
+            if let Some(get) = container
+                .readiness_probe
+                .as_ref()
+                .and_then(|p| p.http_get.as_ref())
+            {
+                use podwire_model::k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+                let port = match &get.port {
+                    IntOrString::Int(n) => Some(*n),
+                    IntOrString::String(name) => container
+                        .ports
+                        .iter()
+                        .flatten()
+                        .find(|p| p.name.as_deref() == Some(name.as_str()))
+                        .map(|p| p.container_port),
+                };
+                let port = port.and_then(|p| u16::try_from(p).ok()).ok_or_else(|| {
+                    LabError::Invalid(format!(
+                        "container {} of pod {}: readinessProbe.httpGet.port {:?} is not one of its ports",
+                        container.name,
+                        pod.metadata.name.clone().unwrap_or_default(),
+                        get.port
+                    ))
+                })?;
+                runtime::wait_http_ready(
+                    &self.paths.node_ns(&node),
+                    SocketAddr::new(ip, port),
+                    get.path.as_deref().unwrap_or("/"),
                     Duration::from_secs(10),
                 )?;
             }
@@ -1136,9 +1333,10 @@ pub fn serve(paths: LabPaths, exe: PathBuf) -> Result<()> {
                 .and_then(|m| c.up(m.objects, &mut progress).map(Some)),
             "apply" => podwire_model::parse_manifest(&request.yaml)
                 .map_err(LabError::from)
-                .and_then(|(lab, objs)| {
+                .and_then(|(lab, mut objs)| {
                     if let Some(spec) = &lab {
-                        c.apply_lab(spec, &mut progress)?;
+                        let secrets = c.apply_lab(spec, &objs, &mut progress)?;
+                        objs.extend(secrets);
                     }
                     c.apply(objs, &mut progress).map(|_| None)
                 }),

@@ -239,11 +239,12 @@ fn print_hints(name: &str) -> Result<()> {
             }
         }
     }
-    if let Some(ext) =
-        podwire_lab::supervisor::load_record(&podwire_lab::paths::LabPaths::new(name)?)?
-            .spec
-            .external
-    {
+    let paths = podwire_lab::paths::LabPaths::new(name)?;
+    let external = podwire_lab::supervisor::load_record(&paths)?.spec.external;
+    if let Some(ext) = &external {
+        print_ingress_hints(&state, &paths, &ext.name, &flag);
+    }
+    if let Some(ext) = external {
         println!(
             "  podwire lab exec --node {}{flag} -- ping -c1 {}",
             ext.name,
@@ -257,4 +258,61 @@ fn print_hints(name: &str) -> Result<()> {
     println!("  podwire lab exec --node node01{flag} -- ip route");
     println!("  podwire lab down{flag}");
     Ok(())
+}
+
+/// curl through the ingress controller's NodePorts from the external host,
+/// by Host header and (when the Ingress has TLS for the host) with SNI,
+/// trusting the lab's CA.
+fn print_ingress_hints(
+    state: &podwire_model::ClusterState,
+    paths: &podwire_lab::paths::LabPaths,
+    external: &str,
+    flag: &str,
+) {
+    use podwire_lab::supervisor::{INGRESS_NAME, INGRESS_NAMESPACE};
+    let Some(controller) = state
+        .services
+        .get(&(INGRESS_NAMESPACE.to_string(), INGRESS_NAME.to_string()))
+    else {
+        return;
+    };
+    let node_port = |port: &str| {
+        controller
+            .spec
+            .as_ref()?
+            .ports
+            .as_ref()?
+            .iter()
+            .find(|p| p.name.as_deref() == Some(port))?
+            .node_port
+    };
+    let nodes = state.node_infos();
+    let Some(node) = nodes.get(1).or(nodes.first()) else {
+        return;
+    };
+    let ip = node.internal_ip;
+    // The first Ingress rule with a host: what the example lab's apps/web is.
+    let Some((host, tls)) = state.ingresses.values().find_map(|ing| {
+        let spec = ing.spec.as_ref()?;
+        let host = spec.rules.as_ref()?.iter().find_map(|r| r.host.clone())?;
+        let tls = spec
+            .tls
+            .iter()
+            .flatten()
+            .any(|t| t.secret_name.is_some() && t.hosts.iter().flatten().any(|h| *h == host));
+        Some((host, tls))
+    }) else {
+        return;
+    };
+    if let Some(http) = node_port("http") {
+        println!(
+            "  podwire lab exec --node {external}{flag} -- curl -s -H 'Host: {host}' http://{ip}:{http}/      # through the ingress controller"
+        );
+    }
+    if let (true, Some(https)) = (tls, node_port("https")) {
+        println!(
+            "  podwire lab exec --node {external}{flag} -- curl -s --cacert {} --resolve {host}:{https}:{ip} https://{host}:{https}/      # TLS with SNI",
+            paths.ca_cert().display()
+        );
+    }
 }

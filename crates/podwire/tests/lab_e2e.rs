@@ -154,11 +154,12 @@ fn example_lab_pods_reach_each_other_same_node_and_across_nodes_without_nat() {
 /// Every pod of a three-nodes-*.yaml lab reaches every web pod, in both
 /// directions across nodes and on the same node.
 fn check_three_nodes(lab: &Lab) {
-    // The lab's own cluster DNS pods (kube-system) are not this test's.
+    // The lab's own cluster DNS (kube-system) and ingress controller
+    // (ingress-podwire) pods are not this test's.
     let pods: Vec<_> = lab
         .pods()
         .into_iter()
-        .filter(|p| p.namespace != "kube-system")
+        .filter(|p| p.namespace != "kube-system" && p.namespace != "ingress-podwire")
         .collect();
     let names: BTreeSet<&str> = pods.iter().map(|p| p.name.as_str()).collect();
     assert_eq!(
