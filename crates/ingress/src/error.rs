@@ -7,6 +7,14 @@ pub enum IngressError {
         "invalid backend {0:?}: expected NAMESPACE/SERVICE:PORT (PORT a number or a port name), e.g. default/fallback:80"
     )]
     BadBackend(String),
+    #[error(
+        "invalid Secret reference {0:?}: expected NAMESPACE/NAME, e.g. ingress-podwire/default-cert"
+    )]
+    BadSecret(String),
+    #[error("cannot make the default TLS certificate: {0}")]
+    Certificate(String),
+    #[error("cannot set up TLS: {0}")]
+    Tls(String),
     #[error("cannot read the cluster state: {0}; check the --source directory")]
     Store(#[source] podwire_model::ModelError),
     #[error(

@@ -1,15 +1,19 @@
-//! podwire's ingress controller. [`RouteTable`] is the pure part: compiled
-//! from `networking.k8s.io/v1` Ingresses of podwire's class, Services and
-//! EndpointSlices, it answers "which ready endpoints serve this host and
-//! path" and prints itself for `podwire ingress plan`; [`proxy`] is the
-//! HTTP/1.1 reverse proxy that serves it.
+//! podwire's ingress controller. [`RouteTable`] (routes) and
+//! [`certs::CertTable`] (certificates by SNI) are the pure part, compiled
+//! from `networking.k8s.io/v1` Ingresses of podwire's class, IngressClasses,
+//! Services, EndpointSlices and `kubernetes.io/tls` Secrets; [`proxy`] is the
+//! request path (routing, redirect, forwarding, upgrades) and [`server`] the
+//! running controller (listeners, TLS, reloads, metrics, shutdown).
 
+pub mod certs;
 mod error;
+pub mod metrics;
 pub mod proxy;
+pub mod server;
 mod table;
 
 pub use error::IngressError;
 pub use table::{
-    Backend, BackendRef, CompileOptions, DEFAULT_CLASS, INGRESS_CLASS_CONTROLLER, PathKind,
-    PathRule, PortRef, RouteTable, is_ours,
+    Backend, BackendRef, Classes, CompileOptions, DEFAULT_CLASS, DEFAULT_CLASS_ANNOTATION,
+    INGRESS_CLASS_CONTROLLER, PathKind, PathRule, PortRef, RouteTable, our_ingresses, tls_hosts,
 };

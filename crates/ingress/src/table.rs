@@ -2,11 +2,13 @@
 //! path lookups whose backends are already resolved to ready endpoints.
 //!
 //! Matching, in order (Ingress v1 semantics; see ARCHITECTURE.md):
-//! 1. the request host (port stripped, case-insensitive) selects the rules of
-//!    that exact host, then those of the wildcard `*.<rest>` (which matches
-//!    exactly one label), then the rules without a host; a group whose paths
-//!    do not match falls through to the next one;
-//! 2. within a group an `Exact` path equal to the request path wins; else the
+//! 1. the request host (port stripped, case-insensitive) selects ONE group of
+//!    rules: those of that exact host if any Ingress names it, else those of
+//!    the wildcard `*.<rest>` (which matches exactly one label), else the rules
+//!    without a host. A host that has rules is served by them alone, as
+//!    ingress-nginx serves each host from its own server block: a path that
+//!    none of them matches does not fall through to host-less rules;
+//! 2. within the group an `Exact` path equal to the request path wins; else the
 //!    longest `Prefix` path that is an element-wise prefix of it
 //!    (`ImplementationSpecific` is treated as `Prefix`);
 //! 3. nothing matched: the `defaultBackend` of the oldest Ingress that has
@@ -15,8 +17,14 @@
 //! The same host + path + type in two Ingresses goes to the Ingress with the
 //! oldest `creationTimestamp` (then namespace/name order); within one
 //! Ingress the first listed wins.
+//!
+//! An Ingress is podwire's when its class (`spec.ingressClassName`, or the
+//! legacy `kubernetes.io/ingress.class` annotation) names an IngressClass
+//! whose controller is `podwire.io/ingress`, or is the configured class name;
+//! an Ingress without a class is podwire's when one of podwire's
+//! IngressClasses is annotated `ingressclass.kubernetes.io/is-default-class`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
@@ -38,15 +46,21 @@ pub const DEFAULT_CLASS: &str = "podwire";
 const LEGACY_CLASS_ANNOTATION: &str = "kubernetes.io/ingress.class";
 /// The EndpointSlice label naming the Service it belongs to.
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// The IngressClass annotation that makes a class the default for Ingresses
+/// without one.
+pub const DEFAULT_CLASS_ANNOTATION: &str = "ingressclass.kubernetes.io/is-default-class";
+/// Per-Ingress opt-out of the HTTP to HTTPS redirect, under ingress-nginx's
+/// name (so manifests written for it keep working) and podwire's own.
+const SSL_REDIRECT_ANNOTATIONS: [&str; 2] = [
+    "nginx.ingress.kubernetes.io/ssl-redirect",
+    "podwire.io/ssl-redirect",
+];
 
 /// How the table is compiled.
 #[derive(Debug, Clone)]
 pub struct CompileOptions {
-    /// The IngressClass name that is ours. Stage 1 does not read IngressClass
-    /// objects: an Ingress is ours when `spec.ingressClassName` equals this
-    /// name, or when it has no class at all (neither `ingressClassName` nor
-    /// the legacy `kubernetes.io/ingress.class` annotation), i.e. podwire
-    /// behaves as the default class.
+    /// An IngressClass name that is ours even without an IngressClass object
+    /// (besides every IngressClass whose controller is `podwire.io/ingress`).
     pub class: String,
     /// The controller-wide fallback when nothing (not even an Ingress's
     /// `defaultBackend`) matches.
@@ -165,6 +179,12 @@ pub struct PathRule {
     pub backend: Arc<Backend>,
     /// `namespace/name` of the Ingress it came from.
     pub ingress: String,
+    /// The rule's host as written (`*.foo.com`), `*` for any host: a bounded
+    /// label for metrics.
+    pub host: Arc<str>,
+    /// Plain-HTTP requests get a 308 to HTTPS: the host has TLS in some
+    /// Ingress and this rule's Ingress did not opt out.
+    pub https_redirect: bool,
 }
 
 /// The rules of one host (or of "any host").
@@ -216,23 +236,77 @@ pub struct RouteTable {
     pub notes: Vec<String>,
 }
 
-/// Whether an Ingress belongs to podwire (see [`CompileOptions::class`]).
-pub fn is_ours(ingress: &Ingress, class: &str) -> bool {
-    let spec_class = ingress
-        .spec
-        .as_ref()
-        .and_then(|s| s.ingress_class_name.as_deref());
-    let legacy = ingress
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(LEGACY_CLASS_ANNOTATION))
-        .map(String::as_str);
-    match (spec_class, legacy) {
-        (Some(c), _) => c == class,
-        (None, Some(c)) => c == class,
-        (None, None) => true,
+/// Which class names are podwire's, and whether podwire is the default class.
+#[derive(Debug, Clone, Default)]
+pub struct Classes {
+    pub names: BTreeSet<String>,
+    pub default: bool,
+}
+
+impl Classes {
+    /// podwire's classes in `state`: `configured`, and every IngressClass
+    /// whose controller is [`INGRESS_CLASS_CONTROLLER`].
+    pub fn of(state: &ClusterState, configured: &str) -> Classes {
+        let mut classes = Classes::default();
+        classes.names.insert(configured.to_string());
+        for (name, class) in &state.ingress_classes {
+            let controller = class.spec.as_ref().and_then(|s| s.controller.as_deref());
+            if controller != Some(INGRESS_CLASS_CONTROLLER) {
+                continue;
+            }
+            classes.names.insert(name.clone());
+            let is_default = class
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(DEFAULT_CLASS_ANNOTATION))
+                .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+            classes.default |= is_default;
+        }
+        classes
     }
+
+    /// Whether `ingress` is podwire's to serve.
+    pub fn is_ours(&self, ingress: &Ingress) -> bool {
+        let spec_class = ingress
+            .spec
+            .as_ref()
+            .and_then(|s| s.ingress_class_name.as_deref());
+        let legacy = ingress
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(LEGACY_CLASS_ANNOTATION))
+            .map(String::as_str);
+        match spec_class.or(legacy) {
+            Some(class) => self.names.contains(class),
+            None => self.default,
+        }
+    }
+}
+
+/// The hosts (as written: `a.com`, `*.a.com`) named in `spec.tls` of
+/// `ingresses`.
+pub fn tls_hosts<'a>(ingresses: impl Iterator<Item = &'a Ingress>) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for ingress in ingresses {
+        for tls in ingress.spec.iter().flat_map(|s| s.tls.iter().flatten()) {
+            for host in tls.hosts.iter().flatten() {
+                out.insert(host.to_ascii_lowercase());
+            }
+        }
+    }
+    out
+}
+
+/// Whether the Ingress opted out of the HTTP to HTTPS redirect.
+fn redirect_disabled(ingress: &Ingress) -> bool {
+    let annotations = ingress.metadata.annotations.as_ref();
+    SSL_REDIRECT_ANNOTATIONS.iter().any(|name| {
+        annotations
+            .and_then(|a| a.get(*name))
+            .is_some_and(|v| v.eq_ignore_ascii_case("false"))
+    })
 }
 
 /// Age order of Ingresses: oldest creationTimestamp first (a missing one
@@ -248,7 +322,7 @@ fn age_key(ingress: &Ingress) -> (bool, Option<Time>, String, String) {
 }
 
 /// Splits `Host` into the lowercase name without the port.
-fn host_name(host: &str) -> String {
+pub(crate) fn host_name(host: &str) -> String {
     let host = host.trim();
     let name = if let Some(rest) = host.strip_prefix('[') {
         // [v6]:port
@@ -270,14 +344,11 @@ impl RouteTable {
             state,
             cache: HashMap::new(),
         };
-        let mut ingresses: Vec<&Ingress> = state
-            .ingresses
-            .values()
-            .filter(|i| is_ours(i, &options.class))
-            .collect();
+        let mut ingresses = our_ingresses(state, &options.class);
         ingresses.sort_by_key(|i| age_key(i));
+        let tls = tls_hosts(ingresses.iter().copied());
         for ingress in ingresses {
-            table.add_ingress(ingress, &mut resolver);
+            table.add_ingress(ingress, &tls, &mut resolver);
         }
         if let Some(fallback) = &options.fallback {
             table.fallback = Some(resolver.resolve(fallback));
@@ -285,7 +356,13 @@ impl RouteTable {
         table
     }
 
-    fn add_ingress(&mut self, ingress: &Ingress, resolver: &mut Resolver<'_>) {
+    fn add_ingress(
+        &mut self,
+        ingress: &Ingress,
+        tls_hosts: &BTreeSet<String>,
+        resolver: &mut Resolver<'_>,
+    ) {
+        let redirect_allowed = !redirect_disabled(ingress);
         let namespace = ingress.metadata.namespace.clone().unwrap_or_default();
         let id = format!(
             "{namespace}/{}",
@@ -305,6 +382,8 @@ impl RouteTable {
                         kind: PathKind::Prefix,
                         backend: resolver.resolve(&target),
                         ingress: id.clone(),
+                        host: Arc::from("*"),
+                        https_redirect: false,
                     };
                     match &self.default_backend {
                         Some(older) => self.notes.push(format!(
@@ -358,6 +437,9 @@ impl RouteTable {
                     kind,
                     backend: resolver.resolve(&target),
                     ingress: id.clone(),
+                    host: Arc::from(host.as_deref().unwrap_or("*")),
+                    https_redirect: redirect_allowed
+                        && host.as_ref().is_some_and(|h| tls_hosts.contains(h)),
                 };
                 let group = match &host {
                     None => &mut self.any_host,
@@ -400,18 +482,14 @@ impl RouteTable {
     pub fn route(&self, host: &str, path: &str) -> Option<&PathRule> {
         let path = if path.is_empty() { "/" } else { path };
         let host = host_name(host);
-        if let Some(rule) = self.exact_hosts.get(&host).and_then(|g| g.lookup(path)) {
-            return Some(rule);
-        }
-        if let Some((_, rest)) = host.split_once('.')
-            && let Some(rule) = self.wildcard_hosts.get(rest).and_then(|g| g.lookup(path))
-        {
-            return Some(rule);
-        }
-        if let Some(rule) = self.any_host.lookup(path) {
-            return Some(rule);
-        }
-        self.default_backend.as_ref()
+        let group = match self.exact_hosts.get(&host) {
+            Some(group) => group,
+            None => host
+                .split_once('.')
+                .and_then(|(_, rest)| self.wildcard_hosts.get(rest))
+                .unwrap_or(&self.any_host),
+        };
+        group.lookup(path).or(self.default_backend.as_ref())
     }
 
     /// The backend serving `host` and `path`, including the controller-wide
@@ -420,6 +498,11 @@ impl RouteTable {
         self.route(host, path)
             .map(|r| &r.backend)
             .or(self.fallback.as_ref())
+    }
+
+    /// The controller-wide fallback (`--default-backend`).
+    pub fn fallback(&self) -> Option<&Arc<Backend>> {
+        self.fallback.as_ref()
     }
 
     /// True when no route at all exists.
@@ -431,6 +514,16 @@ impl RouteTable {
             && self.default_backend.is_none()
             && self.fallback.is_none()
     }
+}
+
+/// The Ingresses in `state` that are podwire's to serve.
+pub fn our_ingresses<'a>(state: &'a ClusterState, class: &str) -> Vec<&'a Ingress> {
+    let classes = Classes::of(state, class);
+    state
+        .ingresses
+        .values()
+        .filter(|i| classes.is_ours(i))
+        .collect()
 }
 
 fn backend_ref(namespace: &str, backend: &IngressBackend) -> Result<BackendRef, String> {
@@ -595,14 +688,12 @@ impl fmt::Display for RouteTable {
         };
         for (host, group) in groups {
             for rule in group.rules() {
-                line(
-                    f,
-                    &host,
-                    &rule.path,
-                    &rule.path_type,
-                    &rule.backend,
-                    &rule.ingress,
-                )?;
+                let kind = if rule.https_redirect {
+                    format!("{} (http→308)", rule.path_type)
+                } else {
+                    rule.path_type.clone()
+                };
+                line(f, &host, &rule.path, &kind, &rule.backend, &rule.ingress)?;
             }
         }
         if let Some(rule) = &self.default_backend {

@@ -1,21 +1,30 @@
-//! Loopback test of the ingress proxy: two tiny backend HTTP servers on
-//! 127.0.0.1, a temporary store with Ingress/Service/EndpointSlice objects
-//! pointing at them, the proxy on a random port and real requests.
+//! Loopback tests of the ingress controller: tiny backend servers on
+//! 127.0.0.x, a temporary store with Ingress/Service/EndpointSlice/Secret
+//! objects pointing at them, the controller on random ports and real clients
+//! (HTTP/1.1, HTTP/2 and TLS with rustls, WebSocket with tungstenite).
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use futures_util::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use podwire_ingress::CompileOptions;
+use podwire_ingress::proxy::Settings;
+use podwire_ingress::server::{Config, Listeners};
 use podwire_model::{Object, Store};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use rustls_pki_types::{CertificateDer, ServerName};
 use serde_json::json;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::Message;
 
-/// A backend answering `name=<name> path=<path> xff=.. proto=.. xhost=.. xport=.. host=..`.
+/// A backend answering `name=<name> path=<path> xff=.. proto=.. xhost=.. xport=.. host=..`;
+/// `/slow` answers after 400 ms.
 async fn backend(name: &'static str) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -23,8 +32,11 @@ async fn backend(name: &'static str) -> SocketAddr {
         loop {
             let (stream, _) = listener.accept().await.unwrap();
             tokio::spawn(async move {
-                let service =
-                    hyper::service::service_fn(move |req: Request<Incoming>| async move {
+                let service = hyper::service::service_fn(
+                    move |req: Request<Incoming>| async move {
+                        if req.uri().path() == "/slow" {
+                            tokio::time::sleep(Duration::from_millis(400)).await;
+                        }
                         let h = |n: &str| {
                             req.headers()
                                 .get(n)
@@ -33,21 +45,50 @@ async fn backend(name: &'static str) -> SocketAddr {
                                 .to_string()
                         };
                         let body = format!(
-                            "name={name} path={} xff={} proto={} xhost={} xport={} host={}",
+                            "name={name} path={} xff={} proto={} xhost={} xport={} host={} method={}",
                             req.uri(),
                             h("x-forwarded-for"),
                             h("x-forwarded-proto"),
                             h("x-forwarded-host"),
                             h("x-forwarded-port"),
                             h("host"),
+                            req.method(),
                         );
                         Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(
                             body,
                         ))))
-                    });
+                    },
+                );
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service)
                     .await;
+            });
+        }
+    });
+    addr
+}
+
+/// A WebSocket backend echoing every message with a prefix.
+async fn websocket_backend() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                    return;
+                };
+                while let Some(Ok(message)) = ws.next().await {
+                    if let Message::Text(text) = message
+                        && ws
+                            .send(Message::text(format!("echo {}", text.as_str())))
+                            .await
+                            .is_err()
+                    {
+                        return;
+                    }
+                }
             });
         }
     });
@@ -84,38 +125,152 @@ fn rule(path: &str, path_type: &str, service: &str) -> serde_json::Value {
            "backend": {"service": {"name": service, "port": {"name": "http"}}}})
 }
 
-fn ingress(name: &str, rules: serde_json::Value) -> Object {
+fn ingress(name: &str, spec: serde_json::Value) -> Object {
+    let mut spec = spec;
+    spec["ingressClassName"] = json!("podwire");
     object(
         json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
         "metadata": {"name": name, "namespace": "default",
                      "creationTimestamp": "2024-01-01T00:00:00Z"},
-        "spec": {"ingressClassName": "podwire", "rules": rules}}),
+        "spec": spec}),
     )
 }
 
-async fn get(proxy: SocketAddr, host: &str, path: &str) -> (StatusCode, String) {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
-    let req = Request::get(format!("http://{proxy}{path}"))
-        .header("host", host)
-        .header("x-forwarded-for", "192.0.2.7")
-        .body(Empty::new())
+/// A test CA and leaf certificates it signs.
+struct Ca {
+    issuer: CertifiedIssuer<'static, KeyPair>,
+}
+
+impl Ca {
+    fn new() -> Ca {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "podwire test CA");
+        Ca {
+            issuer: CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap(),
+        }
+    }
+
+    /// A kubernetes.io/tls Secret for `hosts`, and the leaf certificate's DER.
+    fn secret(&self, name: &str, hosts: &[&str]) -> (Object, Vec<u8>) {
+        let key = KeyPair::generate().unwrap();
+        let params =
+            CertificateParams::new(hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let secret = object(json!({"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": name, "namespace": "default"},
+            "type": "kubernetes.io/tls",
+            "stringData": {"tls.crt": cert.pem(), "tls.key": key.serialize_pem()}}));
+        (secret, cert.der().to_vec())
+    }
+
+    fn client_config(&self, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.issuer.der().clone()).unwrap();
+        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Arc::new(config)
+    }
+}
+
+/// A running controller.
+struct Proxy {
+    http: SocketAddr,
+    https: SocketAddr,
+    metrics: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+async fn start(store: &Store, settings: Settings) -> Proxy {
+    let listeners = Listeners {
+        http: Some(TcpListener::bind("127.0.0.1:0").await.unwrap()),
+        https: Some(TcpListener::bind("127.0.0.1:0").await.unwrap()),
+        metrics: Some(TcpListener::bind("127.0.0.1:0").await.unwrap()),
+    };
+    let addr = |l: &Option<TcpListener>| l.as_ref().unwrap().local_addr().unwrap();
+    let (http, https, metrics) = (
+        addr(&listeners.http),
+        addr(&listeners.https),
+        addr(&listeners.metrics),
+    );
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let store = store.clone();
+    let task = tokio::spawn(async move {
+        podwire_ingress::server::serve(listeners, store, Config::default(), settings, async {
+            let _ = rx.await;
+        })
+        .await
         .unwrap();
-    let resp = client.request(req).await.unwrap();
+    });
+    Proxy {
+        http,
+        https,
+        metrics,
+        stop: Some(tx),
+        task,
+    }
+}
+
+fn put_all(store: &Store, objects: &[Object]) {
+    for o in objects {
+        store.put(o).unwrap();
+    }
+    store.bump().unwrap();
+}
+
+async fn get(proxy: SocketAddr, host: &str, path: &str) -> (StatusCode, String) {
+    let (status, _, body) = request(proxy, "GET", host, path, &[]).await;
+    (status, body)
+}
+
+async fn request(
+    proxy: SocketAddr,
+    method: &str,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (StatusCode, hyper::HeaderMap, String) {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let mut req = Request::builder()
+        .method(method)
+        .uri(format!("http://{proxy}{path}"))
+        .header("host", host)
+        .header("x-forwarded-for", "192.0.2.7");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let body = if method == "POST" { "data" } else { "" };
+    let resp = client
+        .request(req.body(Full::new(Bytes::from(body))).unwrap())
+        .await
+        .unwrap();
     let status = resp.status();
+    let headers = resp.headers().clone();
     let body = resp.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned())
+    (status, headers, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// A port on 127.0.0.1 where nothing listens.
+async fn dead_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap().port()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn routes_and_errors_over_loopback() {
+async fn routes_errors_retries_and_limits() {
     let a = backend("a").await;
     let b = backend("b").await;
-    // A port nothing listens on: 502.
-    let dead = {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        l.local_addr().unwrap().port()
-    };
-
+    let dead = dead_port().await;
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path());
     let mut objects = Vec::new();
@@ -127,67 +282,336 @@ async fn routes_and_errors_over_loopback() {
         a.port(),
         &[("127.0.0.1", false)],
     ));
+    // b listens on 127.0.0.1 only: 127.0.0.2 on its port refuses connections.
+    objects.extend(service_objects(
+        "svc-half",
+        b.port(),
+        &[("127.0.0.1", true), ("127.0.0.2", true)],
+    ));
     objects.push(ingress(
         "web",
-        json!([
+        json!({"rules": [
             {"host": "a.example.com", "http": {"paths": [rule("/", "Prefix", "svc-a")]}},
             {"host": "*.example.com", "http": {"paths": [
                 rule("/b", "Prefix", "svc-b"),
                 rule("/dead", "Exact", "svc-dead"),
-                rule("/none", "Prefix", "svc-none")
+                rule("/none", "Prefix", "svc-none"),
+                rule("/half", "Prefix", "svc-half")
             ]}}
-        ]),
+        ]}),
     ));
-    for o in &objects {
-        store.put(o).unwrap();
-    }
-    store.bump().unwrap();
+    put_all(&store, &objects);
+    let settings = Settings {
+        read_timeout: Duration::from_millis(200),
+        max_header_bytes: 8 * 1024,
+        ..Settings::default()
+    };
+    let proxy = start(&store, settings).await;
+    let http = proxy.http;
 
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let proxy = listener.local_addr().unwrap();
-    tokio::spawn(podwire_ingress::proxy::serve(
-        listener,
-        store.clone(),
-        CompileOptions::default(),
-    ));
-
-    let (status, body) = get(proxy, "a.example.com", "/some/path?q=1").await;
+    let (status, body) = get(http, "a.example.com", "/some/path?q=1").await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert!(body.starts_with("name=a path=/some/path?q=1 "), "{body}");
     assert!(body.contains("xff=192.0.2.7, 127.0.0.1"), "{body}");
     assert!(body.contains("proto=http"), "{body}");
     assert!(body.contains("xhost=a.example.com"), "{body}");
-    assert!(body.contains(&format!("xport={}", proxy.port())), "{body}");
+    assert!(body.contains(&format!("xport={}", http.port())), "{body}");
     assert!(body.contains("host=a.example.com"), "{body}");
 
-    let (status, body) = get(proxy, "x.example.com:8080", "/b/c").await;
+    let (status, body) = get(http, "x.example.com:8080", "/b/c").await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert!(body.starts_with("name=b path=/b/c "), "{body}");
+    // The method reaches the backend unchanged, with the body.
+    let (status, _, body) = request(http, "POST", "x.example.com", "/b", &[]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.ends_with("method=POST"), "{body}");
 
-    let (status, _) = get(proxy, "x.example.com", "/bc").await;
+    let (status, _) = get(http, "x.example.com", "/bc").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    let (status, _) = get(proxy, "other.org", "/").await;
+    let (status, _) = get(http, "other.org", "/").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    let (status, body) = get(proxy, "x.example.com", "/none").await;
+    let (status, body) = get(http, "x.example.com", "/none").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
-    let (status, body) = get(proxy, "x.example.com", "/dead").await;
+    let (status, body) = get(http, "x.example.com", "/dead").await;
     assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    // The backend answers after the read timeout: 504.
+    let (status, body) = get(http, "a.example.com", "/slow").await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
 
-    // A new Ingress is picked up when the generation moves.
-    store
-        .put(&ingress(
-            "more",
-            json!([{"host": "other.org", "http": {"paths": [rule("/", "Prefix", "svc-b")]}}]),
-        ))
+    // Idempotent requests to a half-dead backend are retried on the live endpoint.
+    for _ in 0..8 {
+        let (status, body) = get(http, "x.example.com", "/half").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+
+    // A request head over the limit: 431.
+    let big = "x".repeat(10 * 1024);
+    let (status, _, _) = request(http, "GET", "a.example.com", "/", &[("x-big", &big)]).await;
+    assert_eq!(status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+
+    // Metrics and health.
+    let (status, metrics) = get(proxy.metrics, "x", "/metrics").await;
+    assert_eq!(status, StatusCode::OK);
+    for want in [
+        r#"podwire_ingress_requests_total{host="a.example.com",status="200"}"#,
+        r#"podwire_ingress_requests_total{host="*.example.com",status="503"} 1"#,
+        r#"podwire_ingress_requests_total{host="-",status="404"} 2"#,
+        r#"podwire_ingress_upstream_errors_total{backend="default/svc-dead:http",reason="connect"} 1"#,
+        r#"podwire_ingress_upstream_errors_total{backend="default/svc-a:http",reason="timeout"} 1"#,
+        "podwire_ingress_request_duration_seconds_bucket",
+    ] {
+        assert!(metrics.contains(want), "{want} missing from\n{metrics}");
+    }
+    // Round-robin over two endpoints: some of the 8 requests met the dead one.
+    let retries: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("podwire_ingress_upstream_retries_total "))
+        .and_then(|v| v.trim().parse().ok())
         .unwrap();
-    store.bump().unwrap();
-    let mut last = StatusCode::NOT_FOUND;
-    for _ in 0..50 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        last = get(proxy, "other.org", "/").await.0;
-        if last == StatusCode::OK {
+    assert!(retries >= 3, "{metrics}");
+    let (status, body) = get(proxy.metrics, "x", "/healthz").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+/// A new Ingress is served within 100 ms of the store's generation moving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_within_100ms() {
+    let a = backend("a").await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path());
+    put_all(
+        &store,
+        &service_objects("svc-a", a.port(), &[("127.0.0.1", true)]),
+    );
+    let proxy = start(&store, Settings::default()).await;
+    assert_eq!(
+        get(proxy.http, "new.org", "/").await.0,
+        StatusCode::NOT_FOUND
+    );
+    let mut worst = Duration::ZERO;
+    for round in 0..5 {
+        let host = format!("new{round}.org");
+        store
+            .put(&ingress(
+                &format!("new{round}"),
+                json!({"rules": [{"host": host, "http": {"paths": [rule("/", "Prefix", "svc-a")]}}]}),
+            ))
+            .unwrap();
+        store.bump().unwrap();
+        let applied = Instant::now();
+        loop {
+            if get(proxy.http, &host, "/").await.0 == StatusCode::OK {
+                break;
+            }
+            assert!(
+                applied.elapsed() < Duration::from_secs(2),
+                "route never appeared"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        worst = worst.max(applied.elapsed());
+    }
+    println!("worst time from store change to route served: {worst:?}");
+    assert!(worst < Duration::from_millis(100), "{worst:?}");
+}
+
+async fn tls_connect(
+    ca: &Ca,
+    addr: SocketAddr,
+    sni: &str,
+    alpn: &[&[u8]],
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let connector = tokio_rustls::TlsConnector::from(ca.client_config(alpn));
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    connector
+        .connect(ServerName::try_from(sni.to_string()).unwrap(), tcp)
+        .await
+        .unwrap()
+}
+
+fn peer_leaf(stream: &tokio_rustls::client::TlsStream<TcpStream>) -> Vec<u8> {
+    let certs: &[CertificateDer<'_>] = stream.get_ref().1.peer_certificates().unwrap();
+    certs[0].to_vec()
+}
+
+/// TLS: certificates by SNI (exact, wildcard, default), HTTP/1.1 and HTTP/2
+/// by ALPN, `X-Forwarded-Proto: https`, and 308 from HTTP for TLS hosts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_by_sni_http2_and_redirect() {
+    let a = backend("a").await;
+    let ca = Ca::new();
+    let (secret_a, leaf_a) = ca.secret("a-tls", &["a.example.com"]);
+    let (secret_w, leaf_w) = ca.secret("wild-tls", &["*.w.example.com"]);
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path());
+    let mut objects = service_objects("svc-a", a.port(), &[("127.0.0.1", true)]);
+    objects.extend([secret_a, secret_w]);
+    objects.push(ingress(
+        "secure",
+        json!({"tls": [{"hosts": ["a.example.com"], "secretName": "a-tls"},
+                {"hosts": ["*.w.example.com"], "secretName": "wild-tls"}],
+        "rules": [
+          {"host": "a.example.com", "http": {"paths": [rule("/", "Prefix", "svc-a")]}},
+          {"host": "*.w.example.com", "http": {"paths": [rule("/", "Prefix", "svc-a")]}},
+          {"host": "plain.example.com", "http": {"paths": [rule("/", "Prefix", "svc-a")]}}
+        ]}),
+    ));
+    put_all(&store, &objects);
+    let proxy = start(&store, Settings::default()).await;
+
+    // Exact host over HTTP/1.1.
+    let mut tls = tls_connect(&ca, proxy.https, "a.example.com", &[b"http/1.1"]).await;
+    assert_eq!(peer_leaf(&tls), leaf_a);
+    tls.write_all(b"GET /x?y=1 HTTP/1.1\r\nHost: a.example.com\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut text = String::new();
+    tls.read_to_string(&mut text).await.unwrap();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("name=a path=/x?y=1"), "{text}");
+    assert!(text.contains("proto=https"), "{text}");
+    assert!(
+        text.contains(&format!("xport={}", proxy.https.port())),
+        "{text}"
+    );
+
+    // Wildcard host over HTTP/2.
+    let tls = tls_connect(&ca, proxy.https, "b.w.example.com", &[b"h2", b"http/1.1"]).await;
+    assert_eq!(peer_leaf(&tls), leaf_w);
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    for path in ["/one", "/two"] {
+        let req = Request::get(format!("https://b.w.example.com{path}"))
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let resp = sender.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(resp.version(), hyper::Version::HTTP_2);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let body = String::from_utf8_lossy(&body);
+        assert!(body.starts_with(&format!("name=a path={path} ")), "{body}");
+        assert!(body.contains("host=b.w.example.com"), "{body}");
+    }
+
+    // An unknown name gets the generated default certificate, which the
+    // client rejects.
+    let connector = tokio_rustls::TlsConnector::from(ca.client_config(&[]));
+    let tcp = TcpStream::connect(proxy.https).await.unwrap();
+    let err = connector
+        .connect(ServerName::try_from("nope.example.com").unwrap(), tcp)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("certificate"), "{err}");
+
+    // Plain HTTP: 308 to HTTPS for TLS hosts, served for the others.
+    let (status, headers, _) = request(proxy.http, "GET", "a.example.com", "/p?q=1", &[]).await;
+    assert_eq!(status, StatusCode::PERMANENT_REDIRECT);
+    assert_eq!(
+        headers["location"],
+        format!("https://a.example.com:{}/p?q=1", proxy.https.port())
+    );
+    let (status, _) = get(proxy.http, "plain.example.com", "/").await;
+    assert_eq!(status, StatusCode::OK);
+
+    // Certificates are swapped in place: a new Secret for a.example.com.
+    let (secret_a2, leaf_a2) = ca.secret("a-tls", &["a.example.com"]);
+    put_all(&store, &[secret_a2]);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let tls = tls_connect(&ca, proxy.https, "a.example.com", &[]).await;
+        if peer_leaf(&tls) == leaf_a2 {
             break;
         }
+        assert!(Instant::now() < deadline, "new certificate never served");
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    assert_eq!(last, StatusCode::OK);
+}
+
+/// WebSocket through the proxy, across a reload of the route table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_upgrade_survives_reload() {
+    let ws = websocket_backend().await;
+    let a = backend("a").await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path());
+    let mut objects = service_objects("svc-ws", ws.port(), &[("127.0.0.1", true)]);
+    objects.push(ingress(
+        "ws",
+        json!({"rules": [{"host": "ws.example.com", "http": {"paths": [rule("/ws", "Prefix", "svc-ws")]}}]}),
+    ));
+    put_all(&store, &objects);
+    let proxy = start(&store, Settings::default()).await;
+
+    let tcp = TcpStream::connect(proxy.http).await.unwrap();
+    let (mut socket, response) =
+        tokio_tungstenite::client_async("ws://ws.example.com/ws/chat", tcp)
+            .await
+            .unwrap();
+    assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+    socket.send(Message::text("hello")).await.unwrap();
+    let reply = socket.next().await.unwrap().unwrap();
+    assert_eq!(reply.into_text().unwrap().as_str(), "echo hello");
+
+    // Replace every route (the WebSocket's rule is gone): the open
+    // connection keeps working, new ones see the new table.
+    store
+        .delete(podwire_model::Kind::Ingress, "default", "ws")
+        .unwrap();
+    put_all(
+        &store,
+        &[
+            service_objects("svc-a", a.port(), &[("127.0.0.1", true)]),
+            vec![ingress(
+                "other",
+                json!({"rules": [{"host": "a.example.com", "http": {"paths": [rule("/", "Prefix", "svc-a")]}}]}),
+            )],
+        ]
+        .concat(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while get(proxy.http, "a.example.com", "/").await.0 != StatusCode::OK {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for i in 0..3 {
+        socket.send(Message::text(format!("m{i}"))).await.unwrap();
+        let reply = socket.next().await.unwrap().unwrap();
+        assert_eq!(reply.into_text().unwrap().as_str(), format!("echo m{i}"));
+    }
+    assert_eq!(
+        get(proxy.http, "ws.example.com", "/ws").await.0,
+        StatusCode::NOT_FOUND
+    );
+}
+
+/// On stop, requests in flight finish; then nothing listens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_finishes_in_flight_requests() {
+    let a = backend("a").await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path());
+    let mut objects = service_objects("svc-a", a.port(), &[("127.0.0.1", true)]);
+    objects.push(ingress(
+        "web",
+        json!({"rules": [{"http": {"paths": [rule("/", "Prefix", "svc-a")]}}]}),
+    ));
+    put_all(&store, &objects);
+    let mut proxy = start(&store, Settings::default()).await;
+    let http = proxy.http;
+    let slow = tokio::spawn(async move { get(http, "any", "/slow").await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let stopped = Instant::now();
+    proxy.stop.take().unwrap().send(()).unwrap();
+    let (status, body) = slow.await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{body}");
+    tokio::time::timeout(Duration::from_secs(5), &mut proxy.task)
+        .await
+        .expect("the controller did not stop")
+        .unwrap();
+    assert!(stopped.elapsed() < Duration::from_secs(2));
+    assert!(TcpStream::connect(http).await.is_err());
 }

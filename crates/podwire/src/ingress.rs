@@ -1,10 +1,15 @@
-//! `podwire ingress`: the ingress controller's HTTP proxy, and
-//! `podwire ingress plan`, which prints the route table it would serve.
+//! `podwire ingress`: the ingress controller (HTTP, HTTPS by SNI, metrics),
+//! and `podwire ingress plan`, which prints the routes and certificates it
+//! would serve.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
+use podwire_ingress::certs::SecretRef;
+use podwire_ingress::proxy::Settings;
+use podwire_ingress::server::{Config, Listen};
 use podwire_ingress::{BackendRef, CompileOptions, DEFAULT_CLASS};
 use podwire_model::Store;
 
@@ -13,48 +18,137 @@ pub struct IngressArgs {
     /// Where cluster state comes from: `files:DIR` (a lab's store).
     #[arg(long, global = true)]
     source: Option<String>,
-    /// The IngressClass name served (Ingresses without a class are served too).
+    /// An IngressClass name served even without an IngressClass object
+    /// (classes whose controller is podwire.io/ingress are always served).
     #[arg(long, global = true, default_value = DEFAULT_CLASS)]
     class: String,
     /// Controller-wide fallback when no rule or Ingress defaultBackend
     /// matches, as NAMESPACE/SERVICE:PORT (default: 404).
     #[arg(long, global = true)]
     default_backend: Option<String>,
-    /// Address to serve HTTP on.
+    /// A kubernetes.io/tls Secret (NAMESPACE/NAME) served when the client's
+    /// SNI matches no Ingress host (default: a generated self-signed one).
+    #[arg(long, global = true)]
+    default_certificate: Option<String>,
+    /// Address to serve HTTP on, or `off`.
     #[arg(long, default_value = "0.0.0.0:80")]
-    listen: SocketAddr,
+    listen: String,
+    /// Address to serve HTTPS (HTTP/2 and HTTP/1.1) on, or `off`.
+    #[arg(long, default_value = "off")]
+    listen_tls: String,
+    /// Address for /metrics, /healthz and /readyz, or `off`.
+    #[arg(long, default_value = "0.0.0.0:10254")]
+    metrics_listen: String,
+    /// The port in HTTP→HTTPS redirects (default: the --listen-tls port;
+    /// set it to the NodePort or load balancer port clients use).
+    #[arg(long)]
+    https_redirect_port: Option<u16>,
+    /// Worker threads (default: one per CPU).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Time allowed to connect to a backend, e.g. 5s or 500ms.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    connect_timeout: Duration,
+    /// Time allowed for a backend's response head, e.g. 60s.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    read_timeout: Duration,
+    /// Time an idle client connection is kept open, e.g. 60s.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    idle_timeout: Duration,
+    /// Largest request head accepted, in bytes (larger: 431).
+    #[arg(long, default_value_t = 32 * 1024)]
+    max_header_bytes: usize,
+    /// Time in-flight requests get to finish on SIGTERM, e.g. 10s.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    shutdown_grace: Duration,
     #[command(subcommand)]
     action: Option<IngressAction>,
 }
 
 #[derive(Subcommand)]
 enum IngressAction {
-    /// Print the route table the proxy would serve, without serving.
+    /// Print the routes and certificates the controller would serve.
     Plan,
+}
+
+/// `500ms`, `5s`, `2m` or a number of seconds.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let bad = || format!("{text:?} is not a duration: use e.g. 500ms, 5s or 2m");
+    let (number, scale) = if let Some(n) = text.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = text.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = text.strip_suffix('m') {
+        (n, 60.0)
+    } else {
+        (text, 1.0)
+    };
+    let value: f64 = number.trim().parse().map_err(|_| bad())?;
+    if !value.is_finite() || value < 0.0 {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs_f64(value * scale))
+}
+
+fn address(flag: &str, text: &str) -> Result<Option<SocketAddr>> {
+    if text == "off" {
+        return Ok(None);
+    }
+    text.parse()
+        .map(Some)
+        .with_context(|| format!("--{flag} {text:?}: expected ADDRESS:PORT or off"))
 }
 
 pub fn run(args: IngressArgs) -> Result<()> {
     let dir = crate::source_dir(args.source.as_deref())?;
     let store = Store::open(&dir);
-    let options = CompileOptions {
-        class: args.class,
-        fallback: args
-            .default_backend
+    let config = Config {
+        options: CompileOptions {
+            class: args.class,
+            fallback: args
+                .default_backend
+                .as_deref()
+                .map(str::parse::<BackendRef>)
+                .transpose()?,
+        },
+        default_certificate: args
+            .default_certificate
             .as_deref()
-            .map(str::parse::<BackendRef>)
+            .map(str::parse::<SecretRef>)
             .transpose()?,
     };
     if let Some(IngressAction::Plan) = args.action {
-        let (generation, table) = podwire_ingress::proxy::load(&store, &options)?;
+        let generated = podwire_ingress::certs::generated_default()?;
+        let snapshot = podwire_ingress::server::load(&store, &config, &generated)?;
         println!(
-            "# podwire ingress plan: {} (generation {generation}, {} Ingresses of class {:?})",
+            "# podwire ingress plan: {} (generation {}, {} Ingresses of class {:?})",
             dir.display(),
-            table.ingresses.len(),
-            options.class
+            snapshot.generation,
+            snapshot.routes.ingresses.len(),
+            config.options.class
         );
-        print!("{table}");
+        print!("{}", snapshot.routes);
+        println!();
+        print!("{}", snapshot.certs);
         return Ok(());
     }
-    podwire_ingress::proxy::run(args.listen, store, options)?;
+    let listen = Listen {
+        http: address("listen", &args.listen)?,
+        https: address("listen-tls", &args.listen_tls)?,
+        metrics: address("metrics-listen", &args.metrics_listen)?,
+    };
+    if listen.http.is_none() && listen.https.is_none() {
+        anyhow::bail!("both --listen and --listen-tls are off: nothing to serve");
+    }
+    let settings = Settings {
+        connect_timeout: args.connect_timeout,
+        read_timeout: args.read_timeout,
+        idle_timeout: args.idle_timeout,
+        max_header_bytes: args.max_header_bytes.max(1024),
+        shutdown_grace: args.shutdown_grace,
+        https_redirect_port: args.https_redirect_port,
+        ..Settings::default()
+    };
+    podwire_ingress::server::run(listen, store, config, settings, args.workers)?;
     Ok(())
 }

@@ -36,7 +36,16 @@ fn service(state: &mut ClusterState, name: &str, n: u8) {
         .insert(("default".into(), format!("{name}-abc")), slice);
 }
 
-fn ingress(state: &mut ClusterState, name: &str, created: &str, spec: serde_json::Value) {
+/// An Ingress of class podwire, or without a class when `spec` sets
+/// `ingressClassName` to null.
+fn ingress(state: &mut ClusterState, name: &str, created: &str, mut spec: serde_json::Value) {
+    match spec.get("ingressClassName") {
+        None => spec["ingressClassName"] = json!("podwire"),
+        Some(serde_json::Value::Null) => {
+            spec.as_object_mut().unwrap().remove("ingressClassName");
+        }
+        Some(_) => {}
+    }
     let ing: Ingress = serde_json::from_value(json!({
         "metadata": {"name": name, "namespace": "default", "creationTimestamp": created},
         "spec": spec
@@ -152,10 +161,40 @@ fn hosts_exact_wildcard_and_any() {
     // A wildcard matches exactly one label.
     assert_eq!(s("bar.com", "/"), None);
     assert_eq!(s("a.baz.bar.com", "/"), None);
-    // Rules without a host match every host; a host group without a match falls through.
+    // Rules without a host match every host that has no rules of its own.
     assert_eq!(s("a.baz.bar.com", "/api/v1"), Some("any".into()));
     assert_eq!(s("10.0.0.1:80", "/api"), Some("any".into()));
     assert_eq!(s("other.com", "/"), None);
+}
+
+/// A host with rules is served by them alone (ingress-nginx's server block
+/// per host): unmatched paths go to the default backend, not to the rules of
+/// a wildcard or of any host.
+#[test]
+fn host_groups_do_not_fall_through() {
+    let mut state = ClusterState::default();
+    for (i, s) in ["exact", "wild", "any", "def"].iter().enumerate() {
+        service(&mut state, s, i as u8);
+    }
+    ingress(
+        &mut state,
+        "ing",
+        "2024-01-01T00:00:00Z",
+        json!({"rules": [
+            {"host": "foo.bar.com", "http": {"paths": [path("/foo", "Prefix", "exact")]}},
+            {"host": "*.bar.com", "http": {"paths": [path("/wild", "Prefix", "wild")]}},
+            {"http": {"paths": [path("/", "Prefix", "any")]}}
+        ],
+        "defaultBackend": {"service": {"name": "def", "port": {"number": 80}}}}),
+    );
+    let t = RouteTable::compile(&state, &CompileOptions::default());
+    let s = |h: &str, p: &str| service_for(&t, h, p);
+    assert_eq!(s("foo.bar.com", "/foo/x"), Some("exact".into()));
+    assert_eq!(s("foo.bar.com", "/wild"), Some("def".into()));
+    assert_eq!(s("foo.bar.com", "/"), Some("def".into()));
+    assert_eq!(s("baz.bar.com", "/wild"), Some("wild".into()));
+    assert_eq!(s("baz.bar.com", "/"), Some("def".into()));
+    assert_eq!(s("elsewhere.org", "/anything"), Some("any".into()));
 }
 
 #[test]
@@ -262,6 +301,124 @@ fn endpoints_ready_only_and_named_ports() {
     let plan = t.to_string();
     assert!(plan.contains("default/web:admin"), "{plan}");
     assert!(plan.contains("service not found"), "{plan}");
+}
+
+/// IngressClass objects: a class is ours by its controller; class-less
+/// Ingresses only when one of our classes is the default.
+#[test]
+fn ingress_classes_and_the_default_annotation() {
+    use podwire_model::IngressClass;
+    let mut state = ClusterState::default();
+    service(&mut state, "web", 1);
+    let rules = |p: &str| json!([{"http": {"paths": [path(p, "Prefix", "web")]}}]);
+    ingress(
+        &mut state,
+        "classless",
+        "2024-01-01T00:00:00Z",
+        json!({"ingressClassName": null, "rules": rules("/classless")}),
+    );
+    ingress(
+        &mut state,
+        "by-object",
+        "2024-01-01T00:00:00Z",
+        json!({"ingressClassName": "edge", "rules": rules("/edge")}),
+    );
+    ingress(
+        &mut state,
+        "legacy",
+        "2024-01-01T00:00:00Z",
+        json!({"ingressClassName": null, "rules": rules("/legacy")}),
+    );
+    state
+        .ingresses
+        .get_mut(&("default".into(), "legacy".into()))
+        .unwrap()
+        .metadata
+        .annotations = Some(
+        [(
+            "kubernetes.io/ingress.class".to_string(),
+            "edge".to_string(),
+        )]
+        .into(),
+    );
+    let class = |name: &str, controller: &str, default: Option<&str>| -> IngressClass {
+        let mut v = json!({"metadata": {"name": name}, "spec": {"controller": controller}});
+        if let Some(d) = default {
+            v["metadata"]["annotations"] = json!({DEFAULT_CLASS_ANNOTATION: d});
+        }
+        serde_json::from_value(v).unwrap()
+    };
+    let routed = |state: &ClusterState| {
+        let t = RouteTable::compile(state, &CompileOptions::default());
+        ["/classless", "/edge", "/legacy"]
+            .iter()
+            .filter(|p| t.route("h", p).is_some())
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+    };
+    // No IngressClass objects: only the configured name is ours, no default.
+    assert!(routed(&state).is_empty());
+    // "edge" is another controller's class.
+    state.ingress_classes.insert(
+        "edge".into(),
+        class("edge", "k8s.io/ingress-nginx", Some("true")),
+    );
+    assert!(routed(&state).is_empty());
+    // "edge" is ours (by controller) but not the default.
+    state
+        .ingress_classes
+        .insert("edge".into(), class("edge", INGRESS_CLASS_CONTROLLER, None));
+    assert_eq!(routed(&state), vec!["/edge", "/legacy"]);
+    // Now the default: class-less Ingresses are ours too.
+    state.ingress_classes.insert(
+        "edge".into(),
+        class("edge", INGRESS_CLASS_CONTROLLER, Some("true")),
+    );
+    assert_eq!(routed(&state), vec!["/classless", "/edge", "/legacy"]);
+}
+
+/// Hosts named in spec.tls redirect plain HTTP, unless their Ingress opts out.
+#[test]
+fn tls_hosts_redirect_unless_disabled() {
+    let mut state = ClusterState::default();
+    service(&mut state, "web", 1);
+    ingress(
+        &mut state,
+        "secure",
+        "2024-01-01T00:00:00Z",
+        json!({"tls": [{"hosts": ["a.com", "*.w.com"], "secretName": "s"}],
+        "rules": [
+          {"host": "a.com", "http": {"paths": [path("/", "Prefix", "web")]}},
+          {"host": "*.w.com", "http": {"paths": [path("/", "Prefix", "web")]}},
+          {"host": "plain.com", "http": {"paths": [path("/", "Prefix", "web")]}}
+        ]}),
+    );
+    ingress(
+        &mut state,
+        "optout",
+        "2024-01-02T00:00:00Z",
+        json!({"rules": [{"host": "a.com", "http": {"paths": [path("/api", "Prefix", "web")]}}]}),
+    );
+    state
+        .ingresses
+        .get_mut(&("default".into(), "optout".into()))
+        .unwrap()
+        .metadata
+        .annotations = Some(
+        [(
+            "nginx.ingress.kubernetes.io/ssl-redirect".to_string(),
+            "false".to_string(),
+        )]
+        .into(),
+    );
+    let t = RouteTable::compile(&state, &CompileOptions::default());
+    let redirect = |h: &str, p: &str| t.route(h, p).unwrap().https_redirect;
+    assert!(redirect("a.com", "/"));
+    assert!(redirect("x.w.com", "/"));
+    assert!(!redirect("plain.com", "/"));
+    assert!(!redirect("a.com", "/api/v1"));
+    assert_eq!(&*t.route("x.w.com", "/").unwrap().host, "*.w.com");
+    assert!(t.to_string().contains("(http→308)"));
 }
 
 #[test]
