@@ -71,8 +71,10 @@ fn answer(stream: TcpStream) -> Result<()> {
             body.len(),
             if keep_alive { "keep-alive" } else { "close" }
         );
-        writer.write_all(head.as_bytes())?;
-        writer.write_all(body.as_bytes())?;
+        // One write: a second small segment would wait (Nagle) for the
+        // ACK of the first, which a client with a kept-alive connection
+        // (e.g. the ingress controller's pool) delays by up to 40 ms.
+        writer.write_all(format!("{head}{body}").as_bytes())?;
         if !keep_alive {
             return Ok(());
         }
