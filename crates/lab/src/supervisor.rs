@@ -361,6 +361,13 @@ impl Controller {
             format!("files:{}", self.paths.cluster().display()),
             "--listen".into(),
             "0.0.0.0:80".into(),
+            "--listen-tls".into(),
+            "0.0.0.0:443".into(),
+            "--metrics-listen".into(),
+            "0.0.0.0:10254".into(),
+            // Clients reach HTTPS at the nodePort, not at the pod's 443.
+            "--https-redirect-port".into(),
+            INGRESS_HTTPS_NODE_PORT.to_string(),
         ];
         let labels = serde_json::json!({
             "app.kubernetes.io/name": INGRESS_NAME,
@@ -393,7 +400,12 @@ impl Controller {
                             "command": command,
                             "ports": [
                                 {"name": "http", "containerPort": 80, "protocol": "TCP"},
+                                {"name": "https", "containerPort": 443, "protocol": "TCP"},
+                                {"name": "metrics", "containerPort": 10254, "protocol": "TCP"},
                             ],
+                            // 200 once the route table is loaded: `lab up`
+                            // returns when the controller can route.
+                            "readinessProbe": {"httpGet": {"path": "/healthz", "port": "metrics"}},
                         }],
                     },
                 },
@@ -407,7 +419,7 @@ impl Controller {
                 "selector": labels,
                 "ports": [
                     {"name": "http", "port": 80, "protocol": "TCP", "targetPort": "http", "nodePort": INGRESS_HTTP_NODE_PORT},
-                    {"name": "https", "port": 443, "protocol": "TCP", "targetPort": 443, "nodePort": INGRESS_HTTPS_NODE_PORT},
+                    {"name": "https", "port": 443, "protocol": "TCP", "targetPort": "https", "nodePort": INGRESS_HTTPS_NODE_PORT},
                 ],
             },
         });

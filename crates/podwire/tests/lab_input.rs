@@ -1,8 +1,9 @@
 //! Bad lab input (issue 3, "Done when"): an unknown kind, an invalid CIDR,
-//! overlapping pod and service ranges, a slice size that does not fit and a
-//! duplicate node name are each refused with a clear error — non-zero exit,
-//! a message naming the problem — before anything is created: no
-//! namespace, no state directory, no process. A bad `lab apply` against a
+//! overlapping pod and service ranges, a slice size that does not fit, a
+//! duplicate node name and a bad certificate request (issue 6) are each
+//! refused with a clear error — non-zero exit, a message naming the
+//! problem — before anything is created: no namespace, no state
+//! directory, no process. A bad `lab apply` against a
 //! running lab changes nothing. Manifests are in `tests/lab/bad-*.yaml`.
 
 mod lab_common;
@@ -88,6 +89,28 @@ fn duplicate_node_name_is_refused() {
         "in-dup",
         "bad-duplicate-node.yaml",
         &["duplicate", "node02"],
+    );
+}
+
+#[test]
+fn certificate_for_a_host_that_is_no_dns_name_is_refused() {
+    refused(
+        "in-cert",
+        "bad-certificate-host.yaml",
+        &[
+            "spec.certificates[0].hosts[1]",
+            "Web_Example",
+            "not a DNS name",
+        ],
+    );
+}
+
+#[test]
+fn certificate_in_an_undeclared_namespace_is_refused() {
+    refused(
+        "in-certns",
+        "bad-certificate-namespace.yaml",
+        &["spec.certificates[0].namespace", "\"shop\" is not declared"],
     );
 }
 
