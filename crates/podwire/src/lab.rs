@@ -26,7 +26,8 @@ enum LabCmd {
     },
     /// Remove every namespace, link, rule, process and file of the lab.
     Down,
-    /// List objects: nodes, pods, svc, endpoints, ingress, deployments, namespaces.
+    /// List objects: nodes, pods, svc, endpoints, ingress, ingressclasses,
+    /// secrets, deployments, namespaces.
     Get {
         resource: String,
         #[arg(short = 'n', long = "namespace")]
