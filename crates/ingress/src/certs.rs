@@ -171,6 +171,7 @@ impl CertTable {
             return key.clone();
         }
         name.split_once('.')
+            .filter(|(label, _)| !label.is_empty())
             .and_then(|(_, rest)| self.wildcard.get(rest))
             .unwrap_or(&self.default)
             .clone()

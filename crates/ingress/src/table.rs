@@ -486,6 +486,7 @@ impl RouteTable {
             Some(group) => group,
             None => host
                 .split_once('.')
+                .filter(|(label, _)| !label.is_empty())
                 .and_then(|(_, rest)| self.wildcard_hosts.get(rest))
                 .unwrap_or(&self.any_host),
         };
