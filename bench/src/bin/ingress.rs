@@ -1,9 +1,10 @@
 //! The ingress benchmark (`bench/ingress`): wrk requests/s and latency
 //! percentiles through `podwire ingress` and through nginx (Debian's,
 //! configured with the same host/path routes to the same backend) side by
-//! side and interleaved in one run, plain HTTP and TLS, keep-alive; then
-//! 10,000 idle keep-alive connections held open against each proxy with the
-//! proxy's memory before and after.
+//! side and interleaved in one run, plain HTTP and TLS, keep-alive (wrk
+//! -c64, plus short -c1 runs for the latency a proxy adds without
+//! queueing); each proxy's CPU with no traffic; then 10,000 idle keep-alive
+//! connections held open against each proxy with its memory before and after.
 //!
 //! The backend is a second nginx answering `backend <port>` on one loopback
 //! port per route, so every route of both proxies is checked before anything
@@ -32,8 +33,8 @@ use serde::Serialize;
 use serde_json::json;
 
 const USAGE: &str = "\
-usage: ingress [--runs N] [--seconds S] [--connections N] [--idle N] [--workers N]
-               [--skip-idle] [--skip-tls] [--json] [--podwire PATH]
+usage: ingress [--runs N] [--seconds S] [--connections N] [--c1-seconds S] [--idle N]
+               [--workers N] [--skip-idle] [--skip-tls] [--json] [--podwire PATH]
 
 Benchmarks podwire's ingress controller against nginx (same routes, same
 backend) with wrk on loopback, HTTP and TLS, keep-alive; then holds N idle
@@ -41,6 +42,8 @@ keep-alive connections on each and reports the proxies' memory.
   --runs N          wrk runs per proxy and protocol, interleaved (default 5)
   --seconds S       length of each wrk run (default 10)
   --connections N   wrk connections (-c, default 64; one wrk thread)
+  --c1-seconds S    length of the unloaded-latency runs with one connection
+                    (wrk -c1), one per proxy and protocol each round (default 5; 0: none)
   --idle N          idle keep-alive connections held per proxy (default 10000)
   --workers N       worker threads/processes of each proxy (default 1)
   --skip-idle       leave out the idle-connection memory test
@@ -66,6 +69,7 @@ struct Args {
     runs: usize,
     seconds: u64,
     connections: usize,
+    c1_seconds: u64,
     idle: usize,
     workers: usize,
     skip_idle: bool,
@@ -80,6 +84,7 @@ fn parse_args() -> Result<Args> {
         runs: 5,
         seconds: 10,
         connections: 64,
+        c1_seconds: 5,
         idle: 10_000,
         workers: 1,
         skip_idle: false,
@@ -97,6 +102,7 @@ fn parse_args() -> Result<Args> {
             "--runs" => a.runs = value("--runs")?.parse()?,
             "--seconds" => a.seconds = value("--seconds")?.parse()?,
             "--connections" => a.connections = value("--connections")?.parse()?,
+            "--c1-seconds" => a.c1_seconds = value("--c1-seconds")?.parse()?,
             "--idle" => a.idle = value("--idle")?.parse()?,
             "--workers" => a.workers = value("--workers")?.parse()?,
             "--skip-idle" => a.skip_idle = true,
@@ -588,7 +594,8 @@ fn start_backend(dir: &Path, ports: &Ports, cpu: &str) -> Result<Proc> {
 
 /// nginx as the ingress: the same hosts and paths as the Ingress, each to
 /// an upstream with a keep-alive pool, the same forwarded headers podwire
-/// sets, and a default server answering 404.
+/// sets (X-Forwarded-For/-Proto/-Host/-Port, X-Real-IP, Host unchanged), and
+/// a default server answering 404.
 fn start_nginx_proxy(
     dir: &Path,
     ports: &Ports,
@@ -608,6 +615,7 @@ fn start_nginx_proxy(
     proxy_set_header Connection \"\";
     proxy_set_header Host $http_host;
     proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+    proxy_set_header X-Real-IP $remote_addr;
     proxy_set_header X-Forwarded-Proto $scheme;
     proxy_set_header X-Forwarded-Host $http_host;
     proxy_set_header X-Forwarded-Port $server_port;
@@ -1222,6 +1230,8 @@ struct Run {
     proxy: String,
     tls: bool,
     run: usize,
+    /// wrk connections: the loaded runs' count, or 1 for the unloaded ones.
+    connections: usize,
     wrk: Wrk,
 }
 
@@ -1352,6 +1362,10 @@ fn measure(args: &Args) -> Result<Report> {
         proxy_cpu,
         connections: args.connections,
     };
+    let unloaded = Load {
+        connections: 1,
+        ..load
+    };
     let mut tls_params = BTreeMap::new();
     let mut proxies = Vec::new();
     {
@@ -1396,9 +1410,18 @@ fn measure(args: &Args) -> Result<Report> {
     let mut all_runs = Vec::new();
     let mut ceiling_runs = Vec::new();
     let mut background: Vec<f64> = Vec::new();
+    // (CPU seconds, wall seconds) of each proxy while no load runs.
+    let mut idle_cpu = [(0.0f64, 0.0f64); 2];
     for run in 0..args.runs {
-        // What else keeps the CPUs busy while none of our load runs.
+        // What else keeps the CPUs busy while none of our load runs, and
+        // what the proxies spend with no traffic.
+        let idle_ticks: Vec<u64> = proxies.iter().map(|p| cpu_ticks(&p.proc.pids())).collect();
         let quiet = background_busy(&[proxy_cpu, load_cpu])?;
+        for (i, proxy) in proxies.iter().enumerate() {
+            let used = cpu_ticks(&proxy.proc.pids()).saturating_sub(idle_ticks[i]);
+            idle_cpu[i].0 += used as f64 / clock_ticks_per_second();
+            idle_cpu[i].1 += 1.0;
+        }
         if quiet > BACKGROUND_LIMIT_PCT {
             eprintln!(
                 "warning: the CPUs are {quiet:.0}% busy with other work before run {}: numbers will be noisy",
@@ -1440,8 +1463,41 @@ fn measure(args: &Args) -> Result<Report> {
                     proxy: proxy.name.to_string(),
                     tls,
                     run: run + 1,
+                    connections: args.connections,
                     wrk: result,
                 });
+            }
+        }
+        // Unloaded: one connection, so latency is what each proxy adds, not queueing.
+        if args.c1_seconds > 0 {
+            for &tls in &protocols {
+                for &i in &order {
+                    let proxy = &mut proxies[i];
+                    proxy.proc.check_running()?;
+                    let port = if tls {
+                        proxy.tls_port.context("no TLS port")?
+                    } else {
+                        proxy.http_port
+                    };
+                    let result = wrk(&unloaded, tls, port, args.c1_seconds, &proxy.proc.pids())?;
+                    eprintln!(
+                        "run {}/{} {:<4} {:<8} -c1: {:>7.0} req/s  p50 {:.3} ms  p99 {:.3} ms",
+                        run + 1,
+                        args.runs,
+                        if tls { "TLS" } else { "HTTP" },
+                        proxy.name,
+                        result.rps,
+                        result.p50_ms,
+                        result.p99_ms,
+                    );
+                    all_runs.push(Run {
+                        proxy: proxy.name.to_string(),
+                        tls,
+                        run: run + 1,
+                        connections: 1,
+                        wrk: result,
+                    });
+                }
             }
         }
         backend.check_running()?;
@@ -1533,7 +1589,14 @@ fn measure(args: &Args) -> Result<Report> {
     let pick = |who: &str, tls: bool, f: &dyn Fn(&Wrk) -> f64| -> Vec<f64> {
         all_runs
             .iter()
-            .filter(|r| r.proxy == who && r.tls == tls)
+            .filter(|r| r.proxy == who && r.tls == tls && r.connections == args.connections)
+            .map(|r| f(&r.wrk))
+            .collect()
+    };
+    let pick_c1 = |who: &str, tls: bool, f: fn(&Wrk) -> f64| -> Vec<f64> {
+        all_runs
+            .iter()
+            .filter(|r| r.proxy == who && r.tls == tls && r.connections == 1)
             .map(|r| f(&r.wrk))
             .collect()
     };
@@ -1581,6 +1644,21 @@ fn measure(args: &Args) -> Result<Report> {
             }
             rows.push(r);
         }
+        if args.c1_seconds > 0 {
+            type Unloaded = (&'static str, fn(&Wrk) -> f64);
+            let metrics: [Unloaded; 2] = [
+                ("unloaded (-c1) p50 ms", |w| w.p50_ms),
+                ("unloaded (-c1) p99 ms", |w| w.p99_ms),
+            ];
+            for (name, f) in metrics {
+                rows.push(row(
+                    &format!("{p} {name}"),
+                    3,
+                    &pick_c1("podwire", tls, f),
+                    &pick_c1("nginx", tls, f),
+                ));
+            }
+        }
     }
     for &tls in &protocols {
         let p = if tls { "TLS" } else { "HTTP" };
@@ -1613,6 +1691,20 @@ fn measure(args: &Args) -> Result<Report> {
             rows.push(row(&name, decimals, &get("podwire", &f), &get("nginx", &f)));
         }
     }
+    let idle_pct = |i: usize| -> Vec<f64> {
+        let (cpu, wall) = idle_cpu[i];
+        if wall > 0.0 {
+            vec![cpu / wall * 100.0]
+        } else {
+            Vec::new()
+        }
+    };
+    rows.push(row(
+        "proxy CPU % with no traffic",
+        2,
+        &idle_pct(0),
+        &idle_pct(1),
+    ));
     let ceiling = Summary::of(&ceiling_runs.iter().map(|w| w.rps).collect::<Vec<_>>());
     Ok(Report {
         wrk: version_line("wrk", "-v")
