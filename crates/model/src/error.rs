@@ -4,8 +4,7 @@
 use std::path::PathBuf;
 
 /// The kinds a lab manifest may contain, listed in "unknown kind" errors.
-pub const SUPPORTED_KINDS: &str =
-    "v1 Namespace, v1 Pod, v1 Service, v1 Secret, apps/v1 Deployment, networking.k8s.io/v1 Ingress, networking.k8s.io/v1 IngressClass";
+pub const SUPPORTED_KINDS: &str = "v1 Namespace, v1 Pod, v1 Service, v1 Secret, apps/v1 Deployment, networking.k8s.io/v1 Ingress, networking.k8s.io/v1 IngressClass";
 
 /// Everything that can go wrong while parsing, validating, planning or storing.
 #[derive(Debug, thiserror::Error)]
