@@ -8,6 +8,7 @@
 pub mod certs;
 mod error;
 pub mod metrics;
+mod pool;
 pub mod proxy;
 pub mod server;
 mod table;

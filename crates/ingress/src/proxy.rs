@@ -19,18 +19,26 @@ use arc_swap::ArcSwap;
 use http_body_util::{BodyExt, Empty, Full, combinators::BoxBody};
 use hyper::body::{Body as _, Bytes, Incoming};
 use hyper::header::{CONNECTION, HOST, HeaderMap, HeaderName, HeaderValue, LOCATION, UPGRADE};
+use hyper::http::uri::PathAndQuery;
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 
 use crate::certs::CertTable;
-use crate::metrics::{HostLabels, Metrics, RequestLabels, UpstreamLabels};
+use crate::metrics::{HostLabel, HostLabels, Metrics, RequestLabels, UpstreamLabels};
+use crate::pool::Pool;
 use crate::table::host_name;
 use crate::{Backend, RouteTable};
 
 pub type Body = BoxBody<Bytes, hyper::Error>;
-type HttpClient = Client<HttpConnector, Body>;
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+
+/// The most endpoints one request is tried on.
+pub const MAX_ATTEMPTS: usize = 3;
 
 /// Headers that describe one connection and are not forwarded (RFC 9110 7.6.1).
 const HOP_BY_HOP: [HeaderName; 8] = [
@@ -71,7 +79,8 @@ pub struct Settings {
     /// The port plain-HTTP requests are redirected to (None: no HTTPS
     /// listener, so no redirect).
     pub https_redirect_port: Option<u16>,
-    /// Endpoints tried for an idempotent request whose connection fails.
+    /// Endpoints tried for an idempotent request whose connection fails
+    /// (at most [`MAX_ATTEMPTS`]).
     pub max_attempts: usize,
 }
 
@@ -84,47 +93,60 @@ impl Default for Settings {
             max_header_bytes: 32 * 1024,
             shutdown_grace: Duration::from_secs(10),
             https_redirect_port: None,
-            max_attempts: 3,
+            max_attempts: MAX_ATTEMPTS,
         }
     }
 }
 
-/// State shared by every connection.
+/// State of one worker thread: the snapshot and metrics every worker
+/// shares, and the worker's own backend connection pool (a pooled
+/// connection is driven by the runtime that opened it, so sharing pools
+/// across workers would bounce every request between threads).
 #[derive(Debug)]
 pub struct Shared {
-    pub snapshot: ArcSwap<Snapshot>,
-    pub metrics: Metrics,
+    pub snapshot: Arc<ArcSwap<Snapshot>>,
+    pub metrics: Arc<Metrics>,
     pub settings: Settings,
-    client: HttpClient,
+    pool: Pool,
 }
 
 impl Shared {
-    pub fn new(snapshot: Snapshot, settings: Settings) -> Shared {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(settings.connect_timeout));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build(connector);
-        let metrics = Metrics::default();
-        metrics
-            .generation
-            .set(i64::try_from(snapshot.generation).unwrap_or(i64::MAX));
+    pub fn new(
+        snapshot: Arc<ArcSwap<Snapshot>>,
+        metrics: Arc<Metrics>,
+        settings: Settings,
+    ) -> Shared {
         Shared {
-            snapshot: ArcSwap::from_pointee(snapshot),
+            snapshot,
             metrics,
+            pool: Pool::new(settings.connect_timeout),
             settings,
-            client,
         }
     }
 }
 
-/// The connection a request arrived on.
-#[derive(Debug, Clone, Copy)]
+/// The connection a request arrived on, with the forwarded-header values
+/// that are the same for all its requests made once.
+#[derive(Debug, Clone)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
     pub local: SocketAddr,
     pub tls: bool,
+    peer_ip: HeaderValue,
+    local_port: HeaderValue,
+}
+
+impl ConnInfo {
+    pub fn new(peer: SocketAddr, local: SocketAddr, tls: bool) -> ConnInfo {
+        ConnInfo {
+            peer,
+            local,
+            tls,
+            peer_ip: HeaderValue::from_str(&peer.ip().to_string())
+                .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
+            local_port: HeaderValue::from(local.port()),
+        }
+    }
 }
 
 fn local_response(status: StatusCode, message: &str) -> Response<Body> {
@@ -173,9 +195,15 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// The metrics host label of requests no rule matched.
+fn unmatched_host() -> Arc<str> {
+    static UNMATCHED: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
+    UNMATCHED.get_or_init(|| Arc::from("-")).clone()
+}
+
 /// What one request did, for the access log and metrics.
 struct Outcome<'a> {
-    host_label: &'a str,
+    host_label: Arc<str>,
     backend: Option<&'a Backend>,
     endpoint: Option<SocketAddr>,
     status: StatusCode,
@@ -188,21 +216,26 @@ pub async fn handle(
     conn: ConnInfo,
 ) -> Result<Response<Body>, Infallible> {
     let started = Instant::now();
-    let host = req
+    // HTTP/2 carries the host in :authority.
+    let host_value = req
         .headers()
         .get(HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_string)
-        .or_else(|| req.uri().authority().map(|a| a.to_string()))
-        .unwrap_or_default();
+        .cloned()
+        .or_else(|| {
+            req.uri()
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        })
+        .unwrap_or_else(|| HeaderValue::from_static(""));
+    let host = host_value.to_str().unwrap_or_default();
     let method = req.method().clone();
     let uri = req.uri().clone();
     let version = req.version();
     let snapshot = shared.snapshot.load_full();
     let route = snapshot.routes.route(&host, uri.path());
     let (host_label, redirect, backend) = match route {
-        Some(rule) => (&*rule.host, rule.https_redirect, Some(&rule.backend)),
-        None => ("-", false, snapshot.routes.fallback()),
+        Some(rule) => (rule.host.clone(), rule.https_redirect, Some(&rule.backend)),
+        None => (unmatched_host(), false, snapshot.routes.fallback()),
     };
     let response = match backend {
         None => (
@@ -213,16 +246,16 @@ pub async fn handle(
             None,
         ),
         Some(_) if redirect && !conn.tls && shared.settings.https_redirect_port.is_some() => {
-            (redirect_response(&uri, &host, &shared.settings), None)
+            (redirect_response(&uri, host, &shared.settings), None)
         }
-        Some(backend) => forward(req, &host, backend, &shared, conn).await,
+        Some(backend) => forward(req, &host_value, backend, &shared, &conn).await,
     };
     let (response, endpoint) = response;
     finish(
         &shared,
         (&method, &uri, version),
-        conn,
-        &host,
+        &conn,
+        host,
         started,
         Outcome {
             host_label,
@@ -238,7 +271,7 @@ pub async fn handle(
 fn finish(
     shared: &Shared,
     (method, uri, version): (&Method, &Uri, Version),
-    conn: ConnInfo,
+    conn: &ConnInfo,
     host: &str,
     started: Instant,
     outcome: Outcome<'_>,
@@ -249,7 +282,7 @@ fn finish(
         .metrics
         .requests
         .get_or_create(&RequestLabels {
-            host: outcome.host_label.to_string(),
+            host: HostLabel(outcome.host_label.clone()),
             status,
         })
         .inc();
@@ -257,7 +290,7 @@ fn finish(
         .metrics
         .duration
         .get_or_create(&HostLabels {
-            host: outcome.host_label.to_string(),
+            host: HostLabel(outcome.host_label),
         })
         .observe(took.as_secs_f64());
     tracing::info!(
@@ -277,7 +310,7 @@ fn finish(
 
 /// 308 to the same host and path over HTTPS.
 fn redirect_response(uri: &Uri, host: &str, settings: &Settings) -> Response<Body> {
-    let name = host_name(host);
+    let name = host_name(host).into_owned();
     let port = match settings.https_redirect_port {
         Some(443) | None => String::new(),
         Some(p) => format!(":{p}"),
@@ -303,10 +336,10 @@ fn redirect_response(uri: &Uri, host: &str, settings: &Settings) -> Response<Bod
 /// idempotent request's connection fails) and relays the answer.
 async fn forward(
     mut req: Request<Incoming>,
-    host: &str,
+    host: &HeaderValue,
     backend: &Backend,
     shared: &Shared,
-    conn: ConnInfo,
+    conn: &ConnInfo,
 ) -> (Response<Body>, Option<SocketAddr>) {
     let Some(first) = backend.pick() else {
         return (
@@ -327,18 +360,15 @@ async fn forward(
         headers.insert(UPGRADE, protocol);
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
     }
-    if !headers.contains_key(HOST)
-        && let Ok(v) = HeaderValue::from_str(host)
-    {
-        // HTTP/2 carries the host in :authority; HTTP/1.1 needs the header.
-        headers.insert(HOST, v);
+    if !headers.contains_key(HOST) {
+        headers.insert(HOST, host.clone());
     }
     forwarded_headers(&mut headers, host, conn);
     let path_and_query = req
         .uri()
         .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "/".to_string());
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
     let method = req.method().clone();
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let retryable = !upgrade && idempotent(&method) && req.body().is_end_stream();
@@ -346,36 +376,31 @@ async fn forward(
         shared
             .settings
             .max_attempts
-            .clamp(1, backend.endpoints.len())
+            .clamp(1, MAX_ATTEMPTS)
+            .min(backend.endpoints.len())
     } else {
         1
     };
     let mut body = Some(req.into_body().boxed());
-    let mut tried: Vec<SocketAddr> = Vec::with_capacity(attempts);
+    let mut tried = [first; MAX_ATTEMPTS];
+    let mut tries = 0;
     let mut endpoint = first;
     loop {
-        tried.push(endpoint);
-        let uri = match format!("http://{endpoint}{path_and_query}").parse::<Uri>() {
-            Ok(u) => u,
-            Err(_) => {
-                return (
-                    local_response(StatusCode::BAD_REQUEST, "400 bad request path"),
-                    None,
-                );
-            }
-        };
+        tried[tries] = endpoint;
+        tries += 1;
+        let uri = Uri::from(path_and_query.clone());
         let mut upstream = Request::new(body.take().unwrap_or_else(empty));
         *upstream.method_mut() = method.clone();
         *upstream.uri_mut() = uri;
         *upstream.version_mut() = Version::HTTP_11;
-        *upstream.headers_mut() = if tried.len() < attempts {
+        *upstream.headers_mut() = if tries < attempts {
             headers.clone()
         } else {
             std::mem::take(&mut headers)
         };
         let sent = tokio::time::timeout(
             shared.settings.read_timeout,
-            shared.client.request(upstream),
+            shared.pool.send(endpoint, upstream),
         )
         .await;
         let failure = match sent {
@@ -391,8 +416,8 @@ async fn forward(
                 upstream_error(shared, backend, reason);
                 tracing::warn!(backend = %backend.target, %endpoint, %err, reason, "backend request failed");
                 if err.is_connect()
-                    && tried.len() < attempts
-                    && let Some(next) = next_endpoint(backend, &tried)
+                    && tries < attempts
+                    && let Some(next) = next_endpoint(backend, &tried[..tries])
                 {
                     shared.metrics.retries.inc();
                     endpoint = next;
@@ -437,22 +462,20 @@ fn upstream_error(shared: &Shared, backend: &Backend, reason: &'static str) {
         .inc();
 }
 
-fn forwarded_headers(headers: &mut HeaderMap, host: &str, conn: ConnInfo) {
-    let peer = conn.peer.ip().to_string();
-    let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(previous) => format!("{previous}, {peer}"),
-        None => peer.clone(),
+fn forwarded_headers(headers: &mut HeaderMap, host: &HeaderValue, conn: &ConnInfo) {
+    let forwarded_for = match headers.get(X_FORWARDED_FOR).map(HeaderValue::to_str) {
+        Some(Ok(previous)) => HeaderValue::from_str(&format!("{previous}, {}", conn.peer.ip()))
+            .unwrap_or_else(|_| conn.peer_ip.clone()),
+        _ => conn.peer_ip.clone(),
     };
-    let mut set = |name: &'static str, value: &str| {
-        if let Ok(v) = HeaderValue::from_str(value) {
-            headers.insert(HeaderName::from_static(name), v);
-        }
-    };
-    set("x-forwarded-for", &forwarded_for);
-    set("x-real-ip", &peer);
-    set("x-forwarded-proto", if conn.tls { "https" } else { "http" });
-    set("x-forwarded-host", host);
-    set("x-forwarded-port", &conn.local.port().to_string());
+    headers.insert(X_FORWARDED_FOR, forwarded_for);
+    headers.insert(X_REAL_IP, conn.peer_ip.clone());
+    headers.insert(
+        X_FORWARDED_PROTO,
+        HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
+    );
+    headers.insert(X_FORWARDED_HOST, host.clone());
+    headers.insert(X_FORWARDED_PORT, conn.local_port.clone());
 }
 
 /// Relays the backend's response; a 101 to an upgrade request joins the two

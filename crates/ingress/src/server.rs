@@ -1,6 +1,8 @@
-//! The running controller: listeners for HTTP, HTTPS (rustls, certificate
+//! The running controller: worker threads (each a single-threaded tokio
+//! runtime with its own SO_REUSEPORT listeners and backend pool, as nginx
+//! runs worker processes), listeners for HTTP, HTTPS (rustls, certificate
 //! chosen by SNI, HTTP/2 or HTTP/1.1 by ALPN) and operations (`/metrics`,
-//! `/healthz`, `/readyz`), the reload loop that swaps routes and
+//! `/healthz`, `/readyz`), the reload thread that swaps routes and
 //! certificates when the store's generation moves, and graceful shutdown:
 //! on SIGTERM or SIGINT the listeners close, idle keep-alive connections are
 //! closed, and in-flight requests get `shutdown_grace` to finish.
@@ -21,8 +23,10 @@ use rustls::sign::CertifiedKey;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use arc_swap::ArcSwap;
+
 use crate::certs::{CertTable, SecretRef, generated_default};
-use crate::metrics::{ListenerLabels, render};
+use crate::metrics::{ListenerLabels, Metrics, render};
 use crate::proxy::{Body, ConnInfo, Settings, Shared, Snapshot, handle};
 use crate::{CompileOptions, IngressError, RouteTable, our_ingresses};
 
@@ -95,7 +99,7 @@ async fn bind(addr: Option<SocketAddr>) -> Result<Option<TcpListener>, IngressEr
     }
 }
 
-/// Binds `listen`.
+/// Binds `listen` (one set of listeners, for a single runtime).
 pub async fn bind_all(listen: &Listen) -> Result<Listeners, IngressError> {
     Ok(Listeners {
         http: bind(listen.http).await?,
@@ -104,8 +108,103 @@ pub async fn bind_all(listen: &Listen) -> Result<Listeners, IngressError> {
     })
 }
 
-/// Runs the controller on a new runtime with `workers` threads (None: one
-/// per CPU) until SIGTERM or SIGINT.
+/// A listening socket with SO_REUSEPORT, so that every worker thread can
+/// have its own and the kernel spreads connections over them (nginx's
+/// `reuseport`): no accept lock, no connection handed between threads.
+fn reuseport_listener(addr: SocketAddr) -> Result<std::net::TcpListener, IngressError> {
+    let fail = |source: std::io::Error| IngressError::Bind { addr, source };
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )
+    .map_err(fail)?;
+    socket.set_reuse_address(true).map_err(fail)?;
+    socket.set_reuse_port(true).map_err(fail)?;
+    socket.set_nonblocking(true).map_err(fail)?;
+    socket.bind(&addr.into()).map_err(fail)?;
+    socket.listen(4096).map_err(fail)?;
+    Ok(socket.into())
+}
+
+/// One listener per worker for `addr` (all on the port the first one got).
+fn reuseport_listeners(
+    addr: Option<SocketAddr>,
+    workers: usize,
+) -> Result<Vec<Option<std::net::TcpListener>>, IngressError> {
+    let Some(addr) = addr else {
+        return Ok((0..workers).map(|_| None).collect());
+    };
+    let first = reuseport_listener(addr)?;
+    let bound = first
+        .local_addr()
+        .map_err(|source| IngressError::Bind { addr, source })?;
+    let mut out = vec![Some(first)];
+    for _ in 1..workers {
+        out.push(Some(reuseport_listener(bound)?));
+    }
+    Ok(out)
+}
+
+fn from_std(listener: Option<std::net::TcpListener>) -> Result<Option<TcpListener>, IngressError> {
+    listener
+        .map(|l| {
+            let addr = l
+                .local_addr()
+                .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+            TcpListener::from_std(l).map_err(|source| IngressError::Bind { addr, source })
+        })
+        .transpose()
+}
+
+/// What every worker shares.
+struct Common {
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    metrics: Arc<Metrics>,
+    settings: Settings,
+}
+
+impl Common {
+    /// Loads the first snapshot (an error here is a startup error).
+    fn start(
+        store: &Store,
+        config: &Config,
+        mut settings: Settings,
+        https_port: Option<u16>,
+        generated: &Arc<CertifiedKey>,
+    ) -> Result<Common, IngressError> {
+        let snapshot = load(store, config, generated)?;
+        tracing::info!(
+            generation = snapshot.generation,
+            ingresses = snapshot.routes.ingresses.len(),
+            "route table loaded"
+        );
+        if settings.https_redirect_port.is_none() {
+            settings.https_redirect_port = https_port;
+        }
+        let metrics = Metrics::default();
+        metrics
+            .generation
+            .set(i64::try_from(snapshot.generation).unwrap_or(i64::MAX));
+        Ok(Common {
+            snapshot: Arc::new(ArcSwap::from_pointee(snapshot)),
+            metrics: Arc::new(metrics),
+            settings,
+        })
+    }
+
+    fn worker(&self) -> Arc<Shared> {
+        Arc::new(Shared::new(
+            self.snapshot.clone(),
+            self.metrics.clone(),
+            self.settings.clone(),
+        ))
+    }
+}
+
+/// Runs the controller until SIGTERM or SIGINT: `workers` threads (None:
+/// one per CPU), each a single-threaded runtime with its own listeners and
+/// backend pool, plus a thread that reloads routes and certificates.
 pub fn run(
     listen: Listen,
     store: Store,
@@ -113,18 +212,70 @@ pub fn run(
     settings: Settings,
     workers: Option<usize>,
 ) -> Result<(), IngressError> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = workers {
-        builder.worker_threads(n.max(1));
+    let workers = workers
+        .or_else(|| std::thread::available_parallelism().ok().map(usize::from))
+        .unwrap_or(1)
+        .max(1);
+    let generated = generated_default()?;
+    let https_port = listen.https.map(|a| a.port());
+    let common = Common::start(&store, &config, settings, https_port, &generated)?;
+    let mut http = reuseport_listeners(listen.http, workers)?;
+    let mut https = reuseport_listeners(listen.https, workers)?;
+    let mut metrics = match listen.metrics {
+        Some(addr) => Some(
+            std::net::TcpListener::bind(addr)
+                .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                .map_err(|source| IngressError::Bind { addr, source })?,
+        ),
+        None => None,
+    };
+    let reloader = Reloader::spawn(store, config, generated, &common)?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let tracker = Arc::new(());
+    let mut threads = Vec::new();
+    for i in 0..workers {
+        let listeners = (
+            http.get_mut(i).and_then(Option::take),
+            https.get_mut(i).and_then(Option::take),
+            metrics.take(),
+        );
+        let shared = common.worker();
+        let (stop_rx, tracker) = (stop_rx.clone(), tracker.clone());
+        let thread = std::thread::Builder::new()
+            .name(format!("ingress-{i}"))
+            .spawn(move || -> Result<(), IngressError> {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(IngressError::Runtime)?;
+                runtime.block_on(async move {
+                    let listeners = Listeners {
+                        http: from_std(listeners.0)?,
+                        https: from_std(listeners.1)?,
+                        metrics: from_std(listeners.2)?,
+                    };
+                    serve_worker(listeners, shared, stop_rx, tracker).await
+                })
+            })
+            .map_err(IngressError::Runtime)?;
+        threads.push(thread);
     }
-    let runtime = builder
+    let signals = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(IngressError::Runtime)?;
-    runtime.block_on(async move {
-        let listeners = bind_all(&listen).await?;
-        serve(listeners, store, config, settings, stop_signal()).await
-    })
+    signals.block_on(stop_signal());
+    let _ = stop_tx.send(true);
+    let mut outcome = Ok(());
+    for thread in threads {
+        match thread.join() {
+            Ok(Err(err)) => outcome = Err(err),
+            Ok(Ok(())) => {}
+            Err(_) => tracing::error!("a worker thread panicked"),
+        }
+    }
+    reloader.stop();
+    outcome
 }
 
 /// Resolves on SIGTERM or SIGINT.
@@ -153,35 +304,55 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
-/// Serves until `stop` resolves, then shuts down gracefully.
+/// Serves `listeners` on the current runtime until `stop` resolves, then
+/// shuts down gracefully (tests and embedders; `run` uses one runtime per
+/// worker thread).
 pub async fn serve(
     listeners: Listeners,
     store: Store,
     config: Config,
-    mut settings: Settings,
+    settings: Settings,
     stop: impl Future<Output = ()>,
 ) -> Result<(), IngressError> {
     let generated = generated_default()?;
-    let snapshot = load(&store, &config, &generated)?;
-    tracing::info!(
-        generation = snapshot.generation,
-        ingresses = snapshot.routes.ingresses.len(),
-        "route table loaded"
-    );
-    if settings.https_redirect_port.is_none()
-        && let Some(https) = &listeners.https
-    {
-        let port = https
-            .local_addr()
-            .map_err(|source| IngressError::Accept { source })?
-            .port();
-        settings.https_redirect_port = Some(port);
-    }
-    let shared = Arc::new(Shared::new(snapshot, settings));
+    let https_port = match &listeners.https {
+        Some(l) => Some(
+            l.local_addr()
+                .map_err(|source| IngressError::Accept { source })?
+                .port(),
+        ),
+        None => None,
+    };
+    let common = Common::start(&store, &config, settings, https_port, &generated)?;
+    let reloader = Reloader::spawn(store, config, generated, &common)?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let tracker = Arc::new(());
+    let worker = tokio::spawn(serve_worker(
+        listeners,
+        common.worker(),
+        stop_rx,
+        Arc::new(()),
+    ));
+    stop.await;
+    let _ = stop_tx.send(true);
+    let outcome = match worker.await {
+        Ok(outcome) => outcome,
+        Err(err) => {
+            tracing::error!(%err, "the worker task failed");
+            Ok(())
+        }
+    };
+    reloader.stop();
+    outcome
+}
 
-    let reloader = tokio::spawn(reload_loop(store, config, generated, shared.clone()));
+/// Accepts on `listeners` until `stop` changes, then waits (at most the
+/// shutdown grace) until every connection counted by `tracker` is done.
+async fn serve_worker(
+    listeners: Listeners,
+    shared: Arc<Shared>,
+    stop: watch::Receiver<bool>,
+    tracker: Arc<()>,
+) -> Result<(), IngressError> {
     let mut tasks = Vec::new();
     if let Some(listener) = listeners.metrics {
         let registry = Arc::new(shared.metrics.registry());
@@ -189,7 +360,7 @@ pub async fn serve(
             listener,
             registry,
             shared.clone(),
-            stop_rx.clone(),
+            stop.clone(),
         )));
     }
     if let Some(listener) = listeners.http {
@@ -197,7 +368,7 @@ pub async fn serve(
             listener,
             None,
             shared.clone(),
-            stop_rx.clone(),
+            stop.clone(),
             tracker.clone(),
         )));
     }
@@ -215,18 +386,14 @@ pub async fn serve(
             listener,
             Some(acceptor),
             shared.clone(),
-            stop_rx.clone(),
+            stop.clone(),
             tracker.clone(),
         )));
     }
-
-    stop.await;
-    let _ = stop_tx.send(true);
-    reloader.abort();
     for task in tasks {
         let _ = task.await;
     }
-    // Every connection task holds a clone of `tracker`.
+    // Every connection task holds a clone of `tracker`; this function too.
     let deadline = Instant::now() + shared.settings.shutdown_grace;
     while Arc::strong_count(&tracker) > 1 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -243,52 +410,65 @@ pub async fn serve(
     Ok(())
 }
 
-/// Polls the store's generation and swaps in a new snapshot when it moves.
-async fn reload_loop(
-    store: Store,
-    config: Config,
-    generated: Arc<CertifiedKey>,
-    shared: Arc<Shared>,
-) {
-    let mut generation = shared.snapshot.load().generation;
-    let mut ticker = tokio::time::interval(POLL_INTERVAL);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        ticker.tick().await;
-        let (store2, config2, generated2) = (store.clone(), config.clone(), generated.clone());
-        let loaded = tokio::task::spawn_blocking(move || {
-            if store2.generation() == generation {
-                return None;
-            }
-            let started = Instant::now();
-            Some(load(&store2, &config2, &generated2).map(|s| (s, started.elapsed())))
-        })
-        .await;
-        match loaded {
-            Ok(None) => {}
-            Ok(Some(Ok((snapshot, took)))) => {
-                tracing::info!(
-                    generation = snapshot.generation,
-                    ingresses = snapshot.routes.ingresses.len(),
-                    ms = format_args!("{:.1}", took.as_secs_f64() * 1000.0),
-                    "routes and certificates reloaded"
-                );
-                generation = snapshot.generation;
-                shared.metrics.reloads.inc();
-                shared
-                    .metrics
-                    .generation
-                    .set(i64::try_from(generation).unwrap_or(i64::MAX));
-                shared.snapshot.store(Arc::new(snapshot));
-            }
-            Ok(Some(Err(err))) => {
-                shared.metrics.reload_failures.inc();
-                tracing::warn!(%err, "keeping the previous routes and certificates");
-                // Do not retry in a tight loop on a broken store.
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            Err(err) => tracing::warn!(%err, "reload task failed"),
-        }
+/// The thread that polls the store's generation (a small file read) and
+/// swaps in a new snapshot when it moves; requests never wait for it.
+struct Reloader {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Reloader {
+    fn spawn(
+        store: Store,
+        config: Config,
+        generated: Arc<CertifiedKey>,
+        common: &Common,
+    ) -> Result<Reloader, IngressError> {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (snapshot, metrics) = (common.snapshot.clone(), common.metrics.clone());
+        let stopped = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("ingress-reload".into())
+            .spawn(move || {
+                let mut generation = snapshot.load().generation;
+                while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::thread::sleep(POLL_INTERVAL);
+                    if store.generation() == generation {
+                        continue;
+                    }
+                    let started = Instant::now();
+                    match load(&store, &config, &generated) {
+                        Ok(next) => {
+                            tracing::info!(
+                                generation = next.generation,
+                                ingresses = next.routes.ingresses.len(),
+                                ms =
+                                    format_args!("{:.1}", started.elapsed().as_secs_f64() * 1000.0),
+                                "routes and certificates reloaded"
+                            );
+                            generation = next.generation;
+                            metrics.reloads.inc();
+                            metrics
+                                .generation
+                                .set(i64::try_from(generation).unwrap_or(i64::MAX));
+                            snapshot.store(Arc::new(next));
+                        }
+                        Err(err) => {
+                            metrics.reload_failures.inc();
+                            tracing::warn!(%err, "keeping the previous routes and certificates");
+                            // Do not retry in a tight loop on a broken store.
+                            std::thread::sleep(Duration::from_millis(500));
+                        }
+                    }
+                }
+            })
+            .map_err(IngressError::Runtime)?;
+        Ok(Reloader { stop, thread })
+    }
+
+    fn stop(self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = self.thread.join();
     }
 }
 
@@ -324,11 +504,7 @@ async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
-        let conn = ConnInfo {
-            peer,
-            local,
-            tls: tls.is_some(),
-        };
+        let conn = ConnInfo::new(peer, local, tls.is_some());
         let shared = shared.clone();
         let stop = stop.clone();
         let tracker = tracker.clone();
@@ -379,7 +555,8 @@ async fn serve_connection<S>(
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let settings = shared.settings.clone();
-    let service = hyper::service::service_fn(move |req| handle(req, shared.clone(), conn));
+    let peer = conn.peer;
+    let service = hyper::service::service_fn(move |req| handle(req, shared.clone(), conn.clone()));
     let io = TokioIo::new(stream);
     let result = if h2 {
         let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
@@ -414,7 +591,7 @@ async fn serve_connection<S>(
         }
     };
     if let Err(err) = result {
-        tracing::debug!(peer = %conn.peer, %err, "connection ended with an error");
+        tracing::debug!(%peer, %err, "connection ended with an error");
     }
 }
 

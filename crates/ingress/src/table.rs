@@ -24,6 +24,7 @@
 //! an Ingress without a class is podwire's when one of podwire's
 //! IngressClasses is annotated `ingressclass.kubernetes.io/is-default-class`.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -322,7 +323,7 @@ fn age_key(ingress: &Ingress) -> (bool, Option<Time>, String, String) {
 }
 
 /// Splits `Host` into the lowercase name without the port.
-pub(crate) fn host_name(host: &str) -> String {
+pub(crate) fn host_name(host: &str) -> Cow<'_, str> {
     let host = host.trim();
     let name = if let Some(rest) = host.strip_prefix('[') {
         // [v6]:port
@@ -333,7 +334,13 @@ pub(crate) fn host_name(host: &str) -> String {
             _ => host,
         }
     };
-    name.trim_end_matches('.').to_ascii_lowercase()
+    let name = name.trim_end_matches('.');
+    // Most clients send lower case: no allocation on the request path then.
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(name.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(name)
+    }
 }
 
 impl RouteTable {
@@ -482,7 +489,7 @@ impl RouteTable {
     pub fn route(&self, host: &str, path: &str) -> Option<&PathRule> {
         let path = if path.is_empty() { "/" } else { path };
         let host = host_name(host);
-        let group = match self.exact_hosts.get(&host) {
+        let group = match self.exact_hosts.get(&*host) {
             Some(group) => group,
             None => host
                 .split_once('.')
