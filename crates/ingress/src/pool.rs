@@ -146,7 +146,7 @@ impl Pool {
         }
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         idle.checkins = idle.checkins.wrapping_add(1);
-        if idle.checkins % SWEEP_EVERY == 0 {
+        if idle.checkins.is_multiple_of(SWEEP_EVERY) {
             idle.by_endpoint.retain(|_, queue| {
                 queue.retain(|s| !s.is_closed());
                 !queue.is_empty()

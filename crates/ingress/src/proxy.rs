@@ -232,7 +232,7 @@ pub async fn handle(
     let uri = req.uri().clone();
     let version = req.version();
     let snapshot = shared.snapshot.load_full();
-    let route = snapshot.routes.route(&host, uri.path());
+    let route = snapshot.routes.route(host, uri.path());
     let (host_label, redirect, backend) = match route {
         Some(rule) => (rule.host.clone(), rule.https_redirect, Some(&rule.backend)),
         None => (unmatched_host(), false, snapshot.routes.fallback()),
