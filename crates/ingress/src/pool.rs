@@ -1,42 +1,61 @@
-//! Keep-alive connections to backend endpoints, one pool per worker thread.
-//! Written on hyper's connection API rather than hyper-util's general
-//! client: the proxy only ever speaks HTTP/1.1 to `ip:port` endpoints it
-//! already chose, so the general client's URI-keyed pool, its locks and its
-//! extra task hops are cost without use (they showed at the top of a
-//! profile of `bench/ingress`).
+//! HTTP/1.1 to backend endpoints over keep-alive connections, one pool per
+//! worker thread. Written by hand (httparse for response heads) rather than
+//! on a hyper client: a hyper client connection runs as its own task and
+//! hands each request, response head and body chunk across channels, which
+//! cost podwire a third of its throughput against nginx in `bench/ingress`.
+//! Here the request task writes the request itself and the response body
+//! reads straight from the backend socket while the client connection
+//! polls it, as nginx's upstream module does; a connection returns to the
+//! pool when its response body has been read to the end.
 //!
-//! A sender goes back to the pool as soon as the response head arrives; it
-//! is handed out again only when hyper says the connection is ready (the
-//! previous body finished). A request that could not be written on a pooled
-//! connection (the backend closed it meanwhile) is sent on the next one.
+//! Upgrade requests (WebSocket) still go through hyper on a fresh
+//! connection, which becomes the tunnel.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
+use std::io;
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
-use hyper::{Request, Response, StatusCode};
+use bytes::{Buf, Bytes, BytesMut};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
+use hyper::header::{CONNECTION, CONTENT_LENGTH, HeaderName, HeaderValue, TRANSFER_ENCODING};
+use hyper::{HeaderMap, Method, Request, Response, StatusCode, Version};
 use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use crate::proxy::Body;
+use crate::proxy::{Body, BoxError};
 
 /// Idle connections kept per endpoint (more are closed after use).
 const MAX_IDLE_PER_ENDPOINT: usize = 512;
+/// The largest response head accepted from a backend.
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+/// The most response headers accepted from a backend.
+const MAX_RESPONSE_HEADERS: usize = 128;
+/// Check-ins between sweeps of every endpoint's idle list.
+const SWEEP_EVERY: u32 = 4096;
 
 /// Why a backend request failed.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
     #[error("cannot connect: {0}")]
-    Connect(#[source] std::io::Error),
+    Connect(#[source] io::Error),
     #[error("connecting took longer than {0:?}")]
     ConnectTimeout(Duration),
     #[error("HTTP/1.1 handshake failed: {0}")]
     Handshake(#[source] hyper::Error),
     #[error("{0}")]
-    Response(#[source] hyper::Error),
+    Upgrade(#[source] hyper::Error),
+    #[error("connection failed: {0}")]
+    Io(#[source] io::Error),
+    #[error("cannot read the request body: {0}")]
+    RequestBody(#[source] BoxError),
+    #[error("invalid response: {0}")]
+    BadResponse(String),
 }
 
 impl UpstreamError {
@@ -49,13 +68,9 @@ impl UpstreamError {
     }
 }
 
-/// Check-ins between sweeps of closed connections of every endpoint (an
-/// endpoint that went away is never checked out again).
-const SWEEP_EVERY: u32 = 4096;
-
 #[derive(Debug, Default)]
 struct Idle {
-    by_endpoint: HashMap<SocketAddr, VecDeque<SendRequest<Body>>>,
+    by_endpoint: HashMap<SocketAddr, Vec<TcpStream>>,
     checkins: u32,
 }
 
@@ -66,6 +81,33 @@ pub struct Pool {
     connect_timeout: Duration,
 }
 
+/// A parsed response head.
+struct Head {
+    status: StatusCode,
+    version: Version,
+    headers: HeaderMap,
+    /// The connection may carry another request after this response.
+    keep_alive: bool,
+}
+
+/// How the response body ends.
+#[derive(Debug, Clone, Copy)]
+enum Framing {
+    Length(u64),
+    Chunked(Chunk),
+    /// Until the backend closes (not reusable).
+    Eof,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    Size,
+    Data(u64),
+    DataEnd,
+    Trailer,
+    Done,
+}
+
 impl Pool {
     pub fn new(connect_timeout: Duration) -> Pool {
         Pool {
@@ -74,87 +116,608 @@ impl Pool {
         }
     }
 
-    /// Sends `req` (origin-form URI, Host header set) to `endpoint` on a
-    /// pooled connection, or a new one.
-    pub async fn send(
-        &self,
-        endpoint: SocketAddr,
-        mut req: Request<Body>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
-        while let Some(mut sender) = self.checkout(endpoint) {
-            match sender.try_send_request(req).await {
-                Ok(response) => {
-                    self.checkin(endpoint, sender, response.status());
-                    return Ok(response);
-                }
-                Err(mut err) => match err.take_message() {
-                    // Not written: the connection went away; use another.
-                    Some(unsent) => req = unsent,
-                    None => return Err(UpstreamError::Response(err.into_error())),
-                },
-            }
-        }
-        let mut sender = self.connect(endpoint).await?;
-        let response = sender
-            .send_request(req)
-            .await
-            .map_err(UpstreamError::Response)?;
-        self.checkin(endpoint, sender, response.status());
-        Ok(response)
-    }
-
-    async fn connect(&self, endpoint: SocketAddr) -> Result<SendRequest<Body>, UpstreamError> {
+    async fn connect(&self, endpoint: SocketAddr) -> Result<TcpStream, UpstreamError> {
         let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(endpoint))
             .await
             .map_err(|_| UpstreamError::ConnectTimeout(self.connect_timeout))?
             .map_err(UpstreamError::Connect)?;
         let _ = stream.set_nodelay(true);
-        let (sender, connection) = hyper::client::conn::http1::Builder::new()
+        Ok(stream)
+    }
+
+    fn checkout(&self, endpoint: SocketAddr) -> Option<TcpStream> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        idle.by_endpoint.get_mut(&endpoint)?.pop()
+    }
+
+    fn checkin(&self, endpoint: SocketAddr, stream: TcpStream) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        idle.checkins = idle.checkins.wrapping_add(1);
+        if idle.checkins.is_multiple_of(SWEEP_EVERY) {
+            // Endpoints that went away are never checked out again.
+            idle.by_endpoint.retain(|_, streams| {
+                streams.retain(is_open);
+                !streams.is_empty()
+            });
+        }
+        let streams = idle.by_endpoint.entry(endpoint).or_default();
+        if streams.len() < MAX_IDLE_PER_ENDPOINT {
+            streams.push(stream);
+        }
+    }
+
+    /// Sends `req` (origin-form URI, Host header set, hop-by-hop headers
+    /// removed) to `endpoint` and returns the response with its body
+    /// streaming from the backend.
+    pub async fn send(
+        self: &Arc<Pool>,
+        endpoint: SocketAddr,
+        req: Request<Body>,
+    ) -> Result<Response<Body>, UpstreamError> {
+        let (parts, mut body) = req.into_parts();
+        let bodyless = body.is_end_stream();
+        let length = if bodyless {
+            Some(0)
+        } else {
+            body.size_hint().exact()
+        };
+        let head = encode_head(&parts.method, &parts.uri, &parts.headers, length);
+        let head_request = parts.method == Method::HEAD;
+        let mut buf = BytesMut::with_capacity(8 * 1024);
+        loop {
+            let pooled = self.checkout(endpoint);
+            let reused = pooled.is_some();
+            let mut stream = match pooled {
+                Some(s) if bodyless || is_open(&s) => s,
+                Some(_) => continue,
+                None => self.connect(endpoint).await?,
+            };
+            buf.clear();
+            let sent = async {
+                stream.write_all(&head).await?;
+                if !bodyless {
+                    match write_body(&mut stream, &mut body, length.is_none()).await {
+                        Ok(()) => {}
+                        // The backend may have answered early (413, 401...)
+                        // and closed: relay that answer if it is there.
+                        Err(SendError::Io(err)) => {
+                            return match read_head(&mut stream, &mut buf).await {
+                                Ok(mut head) => {
+                                    head.keep_alive = false;
+                                    Ok(head)
+                                }
+                                Err(_) => Err(SendError::Io(err)),
+                            };
+                        }
+                        Err(other) => return Err(other),
+                    }
+                }
+                read_head(&mut stream, &mut buf).await
+            }
+            .await;
+            let head = match sent {
+                Ok(head) => head,
+                // A kept-alive connection the backend had closed: nothing
+                // was processed, so a request without a body goes again.
+                Err(SendError::Io(err)) if reused && bodyless && buf.is_empty() => {
+                    tracing::debug!(%endpoint, %err, "pooled connection was closed; retrying");
+                    continue;
+                }
+                Err(SendError::Io(err)) => return Err(UpstreamError::Io(err)),
+                Err(SendError::Body(err)) => return Err(UpstreamError::RequestBody(err)),
+                Err(SendError::Bad(why)) => return Err(UpstreamError::BadResponse(why)),
+            };
+            return Ok(self.response(endpoint, stream, buf, head, head_request));
+        }
+    }
+
+    /// The response to hand to the client: small bodies already read come
+    /// back whole (and the connection goes back to the pool at once), others
+    /// stream.
+    fn response(
+        self: &Arc<Pool>,
+        endpoint: SocketAddr,
+        stream: TcpStream,
+        mut buf: BytesMut,
+        head: Head,
+        head_request: bool,
+    ) -> Response<Body> {
+        let no_body = head_request
+            || head.status == StatusCode::NO_CONTENT
+            || head.status == StatusCode::NOT_MODIFIED;
+        let framing = if no_body {
+            Framing::Length(0)
+        } else if head.headers.get_all(TRANSFER_ENCODING).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.to_ascii_lowercase().contains("chunked"))
+        }) {
+            Framing::Chunked(Chunk::Size)
+        } else {
+            match head
+                .headers
+                .get(CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+            {
+                Some(n) => Framing::Length(n),
+                None => Framing::Eof,
+            }
+        };
+        let mut response = Response::new(Empty::new().map_err(|never| match never {}).boxed());
+        *response.status_mut() = head.status;
+        *response.version_mut() = head.version;
+        *response.headers_mut() = head.headers;
+        let body: Body = match framing {
+            Framing::Length(n) if (buf.len() as u64) >= n => {
+                let data = buf
+                    .split_to(usize::try_from(n).unwrap_or(usize::MAX))
+                    .freeze();
+                if head.keep_alive && buf.is_empty() {
+                    self.checkin(endpoint, stream);
+                }
+                if no_body {
+                    Empty::new().map_err(|never| match never {}).boxed()
+                } else {
+                    Full::new(data).map_err(|never| match never {}).boxed()
+                }
+            }
+            framing => UpstreamBody {
+                stream: Some(stream),
+                buf,
+                framing,
+                keep_alive: head.keep_alive,
+                pool: self.clone(),
+                endpoint,
+            }
+            .boxed(),
+        };
+        *response.body_mut() = body;
+        response
+    }
+
+    /// Sends an upgrade request on a new connection through hyper, which
+    /// hands both upgraded sides to the tunnel.
+    pub async fn send_upgrade(
+        &self,
+        endpoint: SocketAddr,
+        req: Request<Body>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let stream = self.connect(endpoint).await?;
+        let (mut sender, connection) = hyper::client::conn::http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
             .map_err(UpstreamError::Handshake)?;
         tokio::spawn(async move {
             if let Err(err) = connection.with_upgrades().await {
-                tracing::debug!(%endpoint, %err, "backend connection ended with an error");
+                tracing::debug!(%endpoint, %err, "upgraded backend connection ended with an error");
             }
         });
-        Ok(sender)
+        sender
+            .send_request(req)
+            .await
+            .map_err(UpstreamError::Upgrade)
+    }
+}
+
+/// Whether an idle pooled connection is still open (no EOF, no stray bytes).
+fn is_open(stream: &TcpStream) -> bool {
+    let mut probe = [0u8; 1];
+    matches!(stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+}
+
+enum SendError {
+    Io(io::Error),
+    Body(BoxError),
+    Bad(String),
+}
+
+impl From<io::Error> for SendError {
+    fn from(err: io::Error) -> Self {
+        SendError::Io(err)
+    }
+}
+
+/// The request line and headers, with framing for the body: its length
+/// when known, else chunked.
+fn encode_head(
+    method: &Method,
+    uri: &hyper::Uri,
+    headers: &HeaderMap,
+    length: Option<u64>,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256 + headers.len() * 48);
+    let target = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in headers {
+        if name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    match length {
+        // GET and friends without a body need no framing at all.
+        Some(0)
+            if matches!(
+                *method,
+                Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::DELETE
+            ) => {}
+        Some(n) => {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(n.to_string().as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        None => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+/// Streams the request body to the backend.
+async fn write_body(
+    stream: &mut TcpStream,
+    body: &mut Body,
+    chunked: bool,
+) -> Result<(), SendError> {
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(SendError::Body)?;
+        let Ok(data) = frame.into_data() else {
+            // Trailers are not forwarded.
+            continue;
+        };
+        if data.is_empty() {
+            continue;
+        }
+        if chunked {
+            stream
+                .write_all(format!("{:x}\r\n", data.len()).as_bytes())
+                .await?;
+            stream.write_all(&data).await?;
+            stream.write_all(b"\r\n").await?;
+        } else {
+            stream.write_all(&data).await?;
+        }
+    }
+    if chunked {
+        stream.write_all(b"0\r\n\r\n").await?;
+    }
+    Ok(())
+}
+
+/// Reads until a final (non-1xx) response head is complete; leaves what
+/// follows it in `buf`.
+async fn read_head(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<Head, SendError> {
+    loop {
+        if !buf.is_empty() {
+            let mut headers = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
+            let mut parsed = httparse::Response::new(&mut headers);
+            match parsed.parse(buf) {
+                Ok(httparse::Status::Complete(len)) => {
+                    let code = parsed.code.unwrap_or(0);
+                    if (100..200).contains(&code) && code != 101 {
+                        // 100 Continue and other interim answers: skip.
+                        buf.advance(len);
+                        continue;
+                    }
+                    let head = head_of(&parsed)?;
+                    buf.advance(len);
+                    return Ok(head);
+                }
+                Ok(httparse::Status::Partial) => {}
+                Err(err) => return Err(SendError::Bad(err.to_string())),
+            }
+        }
+        if buf.len() >= MAX_RESPONSE_HEAD {
+            return Err(SendError::Bad(format!(
+                "response head larger than {MAX_RESPONSE_HEAD} bytes"
+            )));
+        }
+        buf.reserve(8 * 1024);
+        let n = tokio::io::AsyncReadExt::read_buf(stream, buf).await?;
+        if n == 0 {
+            return Err(SendError::Io(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the backend closed the connection before answering",
+            )));
+        }
+    }
+}
+
+fn head_of(parsed: &httparse::Response<'_, '_>) -> Result<Head, SendError> {
+    let status = StatusCode::from_u16(parsed.code.unwrap_or(0))
+        .map_err(|_| SendError::Bad(format!("status {:?}", parsed.code)))?;
+    let version = match parsed.version {
+        Some(1) => Version::HTTP_11,
+        _ => Version::HTTP_10,
+    };
+    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+    let mut close = version == Version::HTTP_10;
+    for h in parsed.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|_| SendError::Bad(format!("header name {:?}", h.name)))?;
+        let value = HeaderValue::from_bytes(h.value)
+            .map_err(|_| SendError::Bad(format!("value of header {}", h.name)))?;
+        if name == CONNECTION
+            && let Ok(v) = value.to_str()
+        {
+            for token in v.split(',').map(str::trim) {
+                if token.eq_ignore_ascii_case("close") {
+                    close = true;
+                } else if token.eq_ignore_ascii_case("keep-alive") {
+                    close = false;
+                }
+            }
+        }
+        headers.append(name, value);
+    }
+    Ok(Head {
+        status,
+        version,
+        headers,
+        keep_alive: !close,
+    })
+}
+
+/// A response body read from the backend connection while the client
+/// connection polls it.
+struct UpstreamBody {
+    stream: Option<TcpStream>,
+    buf: BytesMut,
+    framing: Framing,
+    keep_alive: bool,
+    pool: Arc<Pool>,
+    endpoint: SocketAddr,
+}
+
+impl UpstreamBody {
+    /// Reads more from the backend; Ok(0) at EOF.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let Some(stream) = self.stream.as_ref() else {
+            return Poll::Ready(Ok(0));
+        };
+        if self.buf.capacity() - self.buf.len() < 4096 {
+            self.buf.reserve(16 * 1024);
+        }
+        loop {
+            match stream.try_read_buf(&mut self.buf) {
+                Ok(n) => return Poll::Ready(Ok(n)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    ready!(stream.poll_read_ready(cx))?;
+                }
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
     }
 
-    /// A pooled sender of `endpoint` that is ready for a request.
-    fn checkout(&self, endpoint: SocketAddr) -> Option<SendRequest<Body>> {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let queue = idle.by_endpoint.get_mut(&endpoint)?;
-        for _ in 0..queue.len() {
-            let sender = queue.pop_front()?;
-            if sender.is_closed() {
-                continue;
-            }
-            if sender.is_ready() {
-                return Some(sender);
-            }
-            // Still streaming its previous response.
-            queue.push_back(sender);
+    /// The body is complete: the connection goes back to the pool when
+    /// nothing unexpected follows.
+    fn finish(&mut self) {
+        if let Some(stream) = self.stream.take()
+            && self.keep_alive
+            && self.buf.is_empty()
+            && !matches!(self.framing, Framing::Eof)
+        {
+            self.pool.checkin(self.endpoint, stream);
         }
-        None
     }
 
-    fn checkin(&self, endpoint: SocketAddr, sender: SendRequest<Body>, status: StatusCode) {
-        if status == StatusCode::SWITCHING_PROTOCOLS || sender.is_closed() {
-            // An upgraded connection belongs to its tunnel now.
-            return;
+    fn eof_error() -> BoxError {
+        Box::new(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the backend closed the connection in the middle of the response body",
+        ))
+    }
+
+    /// One step of chunked decoding: Some(data), or None when more input is
+    /// needed or the body ended (then `Chunk::Done`).
+    fn decode_chunk(&mut self) -> Result<Option<Bytes>, BoxError> {
+        loop {
+            let Framing::Chunked(state) = self.framing else {
+                return Ok(None);
+            };
+            match state {
+                Chunk::Size | Chunk::Trailer => {
+                    let Some(end) = self.buf.windows(2).position(|w| w == b"\r\n") else {
+                        if self.buf.len() > 4096 {
+                            return Err("chunk size line too long".into());
+                        }
+                        return Ok(None);
+                    };
+                    let line = self.buf.split_to(end + 2);
+                    let line = &line[..end];
+                    if state == Chunk::Trailer {
+                        if line.is_empty() {
+                            self.framing = Framing::Chunked(Chunk::Done);
+                            return Ok(None);
+                        }
+                        continue;
+                    }
+                    let digits = line.split(|b| *b == b';').next().unwrap_or_default();
+                    let digits = std::str::from_utf8(digits)
+                        .map_err(|_| "chunk size is not text")?
+                        .trim();
+                    let size = u64::from_str_radix(digits, 16)
+                        .map_err(|_| format!("bad chunk size {digits:?}"))?;
+                    self.framing = Framing::Chunked(if size == 0 {
+                        Chunk::Trailer
+                    } else {
+                        Chunk::Data(size)
+                    });
+                }
+                Chunk::Data(left) => {
+                    if self.buf.is_empty() {
+                        return Ok(None);
+                    }
+                    let take = usize::try_from(left)
+                        .unwrap_or(usize::MAX)
+                        .min(self.buf.len());
+                    let data = self.buf.split_to(take).freeze();
+                    let left = left - take as u64;
+                    self.framing = Framing::Chunked(if left == 0 {
+                        Chunk::DataEnd
+                    } else {
+                        Chunk::Data(left)
+                    });
+                    return Ok(Some(data));
+                }
+                Chunk::DataEnd => {
+                    if self.buf.len() < 2 {
+                        return Ok(None);
+                    }
+                    if &self.buf[..2] != b"\r\n" {
+                        return Err("chunk data not followed by CRLF".into());
+                    }
+                    self.buf.advance(2);
+                    self.framing = Framing::Chunked(Chunk::Size);
+                }
+                Chunk::Done => return Ok(None),
+            }
         }
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        idle.checkins = idle.checkins.wrapping_add(1);
-        if idle.checkins.is_multiple_of(SWEEP_EVERY) {
-            idle.by_endpoint.retain(|_, queue| {
-                queue.retain(|s| !s.is_closed());
-                !queue.is_empty()
-            });
+    }
+}
+
+impl HttpBody for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        loop {
+            match this.framing {
+                Framing::Length(0) | Framing::Chunked(Chunk::Done) => {
+                    this.finish();
+                    return Poll::Ready(None);
+                }
+                Framing::Length(left) => {
+                    if !this.buf.is_empty() {
+                        let take = usize::try_from(left)
+                            .unwrap_or(usize::MAX)
+                            .min(this.buf.len());
+                        let data = this.buf.split_to(take).freeze();
+                        this.framing = Framing::Length(left - take as u64);
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                    match ready!(this.poll_fill(cx)) {
+                        Ok(0) => return Poll::Ready(Some(Err(Self::eof_error()))),
+                        Ok(_) => {}
+                        Err(e) => return Poll::Ready(Some(Err(Box::new(e)))),
+                    }
+                }
+                Framing::Eof => {
+                    if !this.buf.is_empty() {
+                        let data = this.buf.split().freeze();
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                    match ready!(this.poll_fill(cx)) {
+                        Ok(0) => {
+                            this.stream = None;
+                            return Poll::Ready(None);
+                        }
+                        Ok(_) => {}
+                        Err(e) => return Poll::Ready(Some(Err(Box::new(e)))),
+                    }
+                }
+                Framing::Chunked(_) => {
+                    match this.decode_chunk() {
+                        Ok(Some(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                        Ok(None) if this.framing == Framing::Chunked(Chunk::Done) => continue,
+                        Ok(None) => {}
+                        Err(e) => return Poll::Ready(Some(Err(e))),
+                    }
+                    match ready!(this.poll_fill(cx)) {
+                        Ok(0) => return Poll::Ready(Some(Err(Self::eof_error()))),
+                        Ok(_) => {}
+                        Err(e) => return Poll::Ready(Some(Err(Box::new(e)))),
+                    }
+                }
+            }
         }
-        let queue = idle.by_endpoint.entry(endpoint).or_default();
-        if queue.len() < MAX_IDLE_PER_ENDPOINT {
-            queue.push_back(sender);
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(
+            self.framing,
+            Framing::Length(0) | Framing::Chunked(Chunk::Done)
+        )
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.framing {
+            Framing::Length(n) => SizeHint::with_exact(n),
+            _ => SizeHint::default(),
         }
+    }
+}
+
+impl PartialEq for Framing {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Framing::Length(a), Framing::Length(b)) => a == b,
+            (Framing::Chunked(a), Framing::Chunked(b)) => a == b,
+            (Framing::Eof, Framing::Eof) => true,
+            _ => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body_with(buf: &[u8], framing: Framing) -> UpstreamBody {
+        UpstreamBody {
+            stream: None,
+            buf: BytesMut::from(buf),
+            framing,
+            keep_alive: true,
+            pool: Arc::new(Pool::new(Duration::from_secs(1))),
+            endpoint: SocketAddr::from(([127, 0, 0, 1], 1)),
+        }
+    }
+
+    #[test]
+    fn chunked_decoding() {
+        let mut body = body_with(
+            b"4;ext=1\r\nWiki\r\n5\r\npedia\r\nE\r\n in\r\n\r\nchunks.\r\n0\r\nX-T: 1\r\n\r\n",
+            Framing::Chunked(Chunk::Size),
+        );
+        let mut out = Vec::new();
+        while let Some(data) = body.decode_chunk().unwrap() {
+            out.extend_from_slice(&data);
+        }
+        assert_eq!(out, b"Wikipedia in\r\n\r\nchunks.");
+        assert_eq!(body.framing, Framing::Chunked(Chunk::Done));
+        assert!(body.buf.is_empty());
+        let mut bad = body_with(b"zz\r\n", Framing::Chunked(Chunk::Size));
+        assert!(bad.decode_chunk().is_err());
+        let mut partial = body_with(b"a\r\n01234", Framing::Chunked(Chunk::Size));
+        assert_eq!(&partial.decode_chunk().unwrap().unwrap()[..], b"01234");
+        assert!(partial.decode_chunk().unwrap().is_none());
+        assert_eq!(partial.framing, Framing::Chunked(Chunk::Data(5)));
+    }
+
+    #[test]
+    fn request_heads() {
+        let mut headers = HeaderMap::new();
+        headers.insert("host", HeaderValue::from_static("a.com"));
+        headers.insert("content-length", HeaderValue::from_static("999"));
+        let uri: hyper::Uri = "/p?q=1".parse().unwrap();
+        let get = encode_head(&Method::GET, &uri, &headers, Some(0));
+        assert_eq!(get, b"GET /p?q=1 HTTP/1.1\r\nhost: a.com\r\n\r\n");
+        let post = encode_head(&Method::POST, &uri, &headers, Some(4));
+        assert_eq!(
+            post,
+            b"POST /p?q=1 HTTP/1.1\r\nhost: a.com\r\ncontent-length: 4\r\n\r\n"
+        );
+        let stream = encode_head(&Method::PUT, &uri, &headers, None);
+        assert!(stream.ends_with(b"transfer-encoding: chunked\r\n\r\n"));
     }
 }

@@ -29,7 +29,9 @@ use crate::pool::Pool;
 use crate::table::host_name;
 use crate::{Backend, RouteTable};
 
-pub type Body = BoxBody<Bytes, hyper::Error>;
+/// Errors of bodies in either direction.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type Body = BoxBody<Bytes, BoxError>;
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
@@ -107,7 +109,7 @@ pub struct Shared {
     pub snapshot: Arc<ArcSwap<Snapshot>>,
     pub metrics: Arc<Metrics>,
     pub settings: Settings,
-    pool: Pool,
+    pool: Arc<Pool>,
 }
 
 impl Shared {
@@ -119,7 +121,7 @@ impl Shared {
         Shared {
             snapshot,
             metrics,
-            pool: Pool::new(settings.connect_timeout),
+            pool: Arc::new(Pool::new(settings.connect_timeout)),
             settings,
         }
     }
@@ -370,7 +372,7 @@ async fn forward(
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
     let method = req.method().clone();
-    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let mut client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let retryable = !upgrade && idempotent(&method) && req.body().is_end_stream();
     let attempts = if retryable {
         shared
@@ -381,7 +383,7 @@ async fn forward(
     } else {
         1
     };
-    let mut body = Some(req.into_body().boxed());
+    let mut body = Some(req.into_body().map_err(BoxError::from).boxed());
     let mut tried = [first; MAX_ATTEMPTS];
     let mut tries = 0;
     let mut endpoint = first;
@@ -398,15 +400,22 @@ async fn forward(
         } else {
             std::mem::take(&mut headers)
         };
-        let sent = tokio::time::timeout(
-            shared.settings.read_timeout,
-            shared.pool.send(endpoint, upstream),
-        )
+        let sent = tokio::time::timeout(shared.settings.read_timeout, async {
+            match client_upgrade.take() {
+                Some(client) => shared
+                    .pool
+                    .send_upgrade(endpoint, upstream)
+                    .await
+                    .map(|r| tunnel(r, client)),
+                None => shared.pool.send(endpoint, upstream).await.map(|mut r| {
+                    strip_hop_by_hop(r.headers_mut());
+                    r
+                }),
+            }
+        })
         .await;
         let failure = match sent {
-            Ok(Ok(response)) => {
-                return (relay(response, client_upgrade), Some(endpoint));
-            }
+            Ok(Ok(response)) => return (response, Some(endpoint)),
             Ok(Err(err)) => {
                 let reason = if err.is_connect() {
                     "connect"
@@ -478,18 +487,13 @@ fn forwarded_headers(headers: &mut HeaderMap, host: &HeaderValue, conn: &ConnInf
     headers.insert(X_FORWARDED_PORT, conn.local_port.clone());
 }
 
-/// Relays the backend's response; a 101 to an upgrade request joins the two
+/// Relays the backend's answer to an upgrade request; a 101 joins the two
 /// upgraded connections with a byte tunnel that outlives the request.
-fn relay(
-    mut response: Response<Incoming>,
-    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
-) -> Response<Body> {
-    if response.status() == StatusCode::SWITCHING_PROTOCOLS
-        && let Some(client_upgrade) = client_upgrade
-    {
-        let backend_upgrade = hyper::upgrade::on(&mut response);
+fn tunnel(mut response: Response<Incoming>, client: hyper::upgrade::OnUpgrade) -> Response<Body> {
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let backend = hyper::upgrade::on(&mut response);
         tokio::spawn(async move {
-            match tokio::try_join!(client_upgrade, backend_upgrade) {
+            match tokio::try_join!(client, backend) {
                 Ok((client, backend)) => {
                     let mut client = TokioIo::new(client);
                     let mut backend = TokioIo::new(backend);
@@ -506,5 +510,5 @@ fn relay(
     }
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    Response::from_parts(parts, body.boxed())
+    Response::from_parts(parts, body.map_err(BoxError::from).boxed())
 }

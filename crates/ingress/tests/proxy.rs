@@ -37,6 +37,12 @@ async fn backend(name: &'static str) -> SocketAddr {
                         if req.uri().path() == "/slow" {
                             tokio::time::sleep(Duration::from_millis(400)).await;
                         }
+                        if req.uri().path() == "/upload" {
+                            let len = req.into_body().collect().await.unwrap().to_bytes().len();
+                            return Ok(Response::new(Full::new(Bytes::from(format!(
+                                "name={name} len={len}"
+                            )))));
+                        }
                         let h = |n: &str| {
                             req.headers()
                                 .get(n)
@@ -614,4 +620,177 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
         .unwrap();
     assert!(stopped.elapsed() < Duration::from_secs(2));
     assert!(TcpStream::connect(http).await.is_err());
+}
+
+/// A hand-written HTTP/1.1 backend for response framings hyper would not
+/// produce on request: `/chunked` (three chunks, written apart), `/eof`
+/// (no length: the body ends when the connection closes), `/close`
+/// (`Connection: close`), `/bye` (keep-alive, then the backend closes the
+/// idle connection after 50 ms), anything else: `ok <n>` with a length,
+/// `n` counting requests on that connection.
+async fn raw_backend() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut served = 0;
+                let mut buf = Vec::new();
+                loop {
+                    let mut chunk = [0u8; 4096];
+                    let head_end = loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+                    buf.drain(..head_end);
+                    served += 1;
+                    let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
+                    let w = |s: &str| s.as_bytes().to_vec();
+                    match path.as_str() {
+                        "/chunked" => {
+                            for part in [
+                                w(
+                                    "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n",
+                                ),
+                                w("1;ext=x\r\n \r\n"),
+                                w("5\r\nworld\r\n0\r\ntrailer: t\r\n\r\n"),
+                            ] {
+                                stream.write_all(&part).await.unwrap();
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                            }
+                        }
+                        "/eof" => {
+                            stream
+                                .write_all(b"HTTP/1.1 200 OK\r\n\r\nuntil the end")
+                                .await
+                                .unwrap();
+                            return;
+                        }
+                        "/close" => {
+                            stream
+                                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: close\r\n\r\nclose")
+                                .await
+                                .unwrap();
+                            return;
+                        }
+                        "/bye" => {
+                            stream
+                                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nbye")
+                                .await
+                                .unwrap();
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            return;
+                        }
+                        _ => {
+                            let body = format!("ok {served}");
+                            let response = format!(
+                                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                                body.len()
+                            );
+                            stream.write_all(response.as_bytes()).await.unwrap();
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Response framings (chunked, until EOF, Connection: close), reuse of
+/// kept-alive backend connections, a request sent again when the backend
+/// closed the pooled connection, and large bodies streamed both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_framings_and_connection_reuse() {
+    let raw = raw_backend().await;
+    let echo = backend("echo").await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path());
+    let mut objects = service_objects("svc-raw", raw.port(), &[("127.0.0.1", true)]);
+    objects.extend(service_objects(
+        "svc-echo",
+        echo.port(),
+        &[("127.0.0.1", true)],
+    ));
+    objects.push(ingress(
+        "web",
+        json!({"rules": [
+            {"host": "raw.example.com", "http": {"paths": [rule("/", "Prefix", "svc-raw")]}},
+            {"host": "echo.example.com", "http": {"paths": [rule("/", "Prefix", "svc-echo")]}}
+        ]}),
+    ));
+    put_all(&store, &objects);
+    let proxy = start(&store, Settings::default()).await;
+    let http = proxy.http;
+
+    assert_eq!(
+        get(http, "raw.example.com", "/chunked").await,
+        (StatusCode::OK, "hello world".to_string())
+    );
+    assert_eq!(
+        get(http, "raw.example.com", "/eof").await,
+        (StatusCode::OK, "until the end".to_string())
+    );
+    assert_eq!(
+        get(http, "raw.example.com", "/close").await,
+        (StatusCode::OK, "close".to_string())
+    );
+    // One client connection, sequential requests: the backend connection
+    // is reused (its request counter grows).
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let mut counts = Vec::new();
+    for _ in 0..3 {
+        let req = Request::get(format!("http://{http}/n"))
+            .header("host", "raw.example.com")
+            .body(Empty::new())
+            .unwrap();
+        let body = client.request(req).await.unwrap().into_body();
+        counts.push(String::from_utf8(body.collect().await.unwrap().to_bytes().to_vec()).unwrap());
+    }
+    assert_eq!(counts.last().unwrap(), "ok 3", "{counts:?}");
+    // The backend closes the kept-alive connection after /bye; the next
+    // request must not fail because of it.
+    for _ in 0..3 {
+        assert_eq!(
+            get(http, "raw.example.com", "/bye").await,
+            (StatusCode::OK, "bye".to_string())
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(get(http, "raw.example.com", "/x").await.0, StatusCode::OK);
+
+    // 1 MiB up with a length, streamed; the backend saw all of it.
+    let big = "z".repeat(1 << 20);
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let req = Request::post(format!("http://{http}/upload"))
+        .header("host", "echo.example.com")
+        .body(Full::new(Bytes::from(big.clone())))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    let status = resp.status();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let body = String::from_utf8_lossy(&body);
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.contains(&format!("len={}", big.len())), "{body}");
+    // A body of unknown length (chunked from the client) arrives whole.
+    let mut raw = TcpStream::connect(http).await.unwrap();
+    raw.write_all(b"POST /upload HTTP/1.1\r\nHost: echo.example.com\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n3\r\nabc\r\n0\r\n\r\n")
+        .await
+        .unwrap();
+    let mut text = String::new();
+    raw.read_to_string(&mut text).await.unwrap();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.ends_with("name=echo len=8"), "{text}");
+    // HEAD gets the head only.
+    let (status, headers, body) = request(http, "HEAD", "raw.example.com", "/n", &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.is_empty());
+    assert!(headers.contains_key("content-length"));
 }
