@@ -518,13 +518,18 @@ async fn accept_loop(
             match tls {
                 None => serve_connection(stream, false, conn, shared.clone(), stop).await,
                 Some(acceptor) => {
-                    let handshake =
-                        tokio::time::timeout(shared.settings.idle_timeout, acceptor.accept(stream))
-                            .await;
+                    // Boxed, like the HTTP/2 path below: a task is as large as
+                    // its largest state, and plain connections must not pay
+                    // for TLS ones.
+                    let handshake = tokio::time::timeout(
+                        shared.settings.idle_timeout,
+                        Box::pin(acceptor.accept(stream)),
+                    )
+                    .await;
                     match handshake {
                         Ok(Ok(stream)) => {
                             let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                            serve_connection(stream, h2, conn, shared.clone(), stop).await
+                            Box::pin(serve_connection(stream, h2, conn, shared.clone(), stop)).await
                         }
                         Ok(Err(err)) => {
                             shared.metrics.tls_handshake_failures.inc();
@@ -556,7 +561,11 @@ async fn serve_connection<S>(
 {
     let settings = shared.settings.clone();
     let peer = conn.peer;
-    let service = hyper::service::service_fn(move |req| handle(req, shared.clone(), conn.clone()));
+    // Boxed: hyper keeps room for one request future per connection for the
+    // connection's whole life, so an idle keep-alive connection would hold
+    // the full size of the request path's state machine.
+    let service =
+        hyper::service::service_fn(move |req| Box::pin(handle(req, shared.clone(), conn.clone())));
     let io = TokioIo::new(stream);
     let result = if h2 {
         let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
@@ -564,8 +573,7 @@ async fn serve_connection<S>(
             .timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX))
             .keep_alive_interval(Some(settings.idle_timeout));
-        let connection = builder.serve_connection(io, service);
-        tokio::pin!(connection);
+        let mut connection = Box::pin(builder.serve_connection(io, service));
         tokio::select! {
             result = connection.as_mut() => result,
             _ = stop.changed() => {
