@@ -5,6 +5,39 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+/// runs, min, median and max of a series of plain numbers (rates,
+/// percentages, megabytes).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Summary {
+    pub runs: usize,
+    pub min: f64,
+    pub median: f64,
+    pub max: f64,
+}
+
+impl Summary {
+    /// None for an empty series.
+    pub fn of(values: &[f64]) -> Option<Summary> {
+        if values.is_empty() {
+            return None;
+        }
+        let mut v = values.to_vec();
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        let median = if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        };
+        Some(Summary {
+            runs: n,
+            min: v[0],
+            median,
+            max: v[n - 1],
+        })
+    }
+}
+
 /// runs, min, median and max of a series, in milliseconds.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct Stats {
@@ -17,22 +50,12 @@ pub struct Stats {
 impl Stats {
     /// None for an empty series.
     pub fn of(samples: &[Duration]) -> Option<Stats> {
-        if samples.is_empty() {
-            return None;
-        }
-        let mut ms: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1e3).collect();
-        ms.sort_by(f64::total_cmp);
-        let n = ms.len();
-        let median = if n % 2 == 1 {
-            ms[n / 2]
-        } else {
-            (ms[n / 2 - 1] + ms[n / 2]) / 2.0
-        };
-        Some(Stats {
-            runs: n,
-            min_ms: ms[0],
-            median_ms: median,
-            max_ms: ms[n - 1],
+        let ms: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1e3).collect();
+        Summary::of(&ms).map(|s| Stats {
+            runs: s.runs,
+            min_ms: s.min,
+            median_ms: s.median,
+            max_ms: s.max,
         })
     }
 }

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use podwire_bench::ns::{self, TempDir, check_interrupted};
+use podwire_bench::stats::Summary;
 use podwire_model::k8s_openapi::ByteString;
 use podwire_model::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use podwire_model::{Object, Secret, Store};
@@ -1177,36 +1178,6 @@ fn hold_idle(world: &World, proxy: &mut Proxy, tls: bool, n: usize) -> Result<Id
 }
 
 // ---------------------------------------------------------------- report
-
-#[derive(Debug, Clone, Copy, Serialize)]
-struct Summary {
-    runs: usize,
-    min: f64,
-    median: f64,
-    max: f64,
-}
-
-impl Summary {
-    fn of(values: &[f64]) -> Option<Summary> {
-        if values.is_empty() {
-            return None;
-        }
-        let mut v = values.to_vec();
-        v.sort_by(f64::total_cmp);
-        let n = v.len();
-        let median = if n % 2 == 1 {
-            v[n / 2]
-        } else {
-            (v[n / 2 - 1] + v[n / 2]) / 2.0
-        };
-        Some(Summary {
-            runs: n,
-            min: v[0],
-            median,
-            max: v[n - 1],
-        })
-    }
-}
 
 #[derive(Debug, Clone, Serialize)]
 struct Row {

@@ -20,7 +20,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail, ensure};
 use lab_env::{IdleMeter, Iperf, Lab, VethPair, iperf_args, iperf_client};
 use podwire_bench::ns::{self, TempDir, check_interrupted};
-use podwire_bench::stats::Stats;
+use podwire_bench::stats::{Stats, Summary};
 use serde::Serialize;
 
 const USAGE: &str = "\
@@ -281,35 +281,6 @@ struct Samples {
 }
 
 /// min / median / max of plain numbers.
-#[derive(Debug, Clone, Copy, Serialize)]
-struct Summary {
-    runs: usize,
-    min: f64,
-    median: f64,
-    max: f64,
-}
-
-impl Summary {
-    fn of(values: &[f64]) -> Option<Summary> {
-        if values.is_empty() {
-            return None;
-        }
-        let mut v = values.to_vec();
-        v.sort_by(f64::total_cmp);
-        let n = v.len();
-        let median = if n % 2 == 1 {
-            v[n / 2]
-        } else {
-            (v[n / 2 - 1] + v[n / 2]) / 2.0
-        };
-        Some(Summary {
-            runs: n,
-            min: v[0],
-            median,
-            max: v[n - 1],
-        })
-    }
-}
 
 #[derive(Debug, Serialize)]
 struct LabTimes {
