@@ -1402,45 +1402,16 @@ fn measure(args: &Args) -> Result<Report> {
         background.push(quiet);
         // Alternate the order so drift hits both alike.
         let order: Vec<usize> = if run % 2 == 0 { vec![0, 1] } else { vec![1, 0] };
-        for &tls in &protocols {
-            for &i in &order {
-                let proxy = &mut proxies[i];
-                proxy.proc.check_running()?;
-                let port = if tls {
-                    proxy.tls_port.context("no TLS port")?
-                } else {
-                    proxy.http_port
-                };
-                let result = wrk(&load, tls, port, args.seconds, &proxy.proc.pids())?;
-                eprintln!(
-                    "run {}/{} {:<4} {:<8} {:>9.0} req/s  p50 {:.3} ms  p99 {:.3} ms  proxy {:.0}% of a CPU; CPU {proxy_cpu} {:.0}% busy, CPU {load_cpu} {:.0}%{}",
-                    run + 1,
-                    args.runs,
-                    if tls { "TLS" } else { "HTTP" },
-                    proxy.name,
-                    result.rps,
-                    result.p50_ms,
-                    result.p99_ms,
-                    result.proxy_cpu_pct,
-                    result.proxy_cpu_busy_pct,
-                    result.load_cpu_busy_pct,
-                    if result.socket_errors > 0 {
-                        format!("  ({} socket errors)", result.socket_errors)
-                    } else {
-                        String::new()
-                    }
-                );
-                all_runs.push(Run {
-                    proxy: proxy.name.to_string(),
-                    tls,
-                    run: run + 1,
-                    connections: args.connections,
-                    wrk: result,
-                });
+        // Loaded, then unloaded: one connection, so latency is what each
+        // proxy adds, not queueing.
+        let passes = [
+            (&load, args.seconds, args.connections),
+            (&unloaded, args.c1_seconds, 1),
+        ];
+        for (pass_load, seconds, connections) in passes {
+            if seconds == 0 {
+                continue;
             }
-        }
-        // Unloaded: one connection, so latency is what each proxy adds, not queueing.
-        if args.c1_seconds > 0 {
             for &tls in &protocols {
                 for &i in &order {
                     let proxy = &mut proxies[i];
@@ -1450,22 +1421,42 @@ fn measure(args: &Args) -> Result<Report> {
                     } else {
                         proxy.http_port
                     };
-                    let result = wrk(&unloaded, tls, port, args.c1_seconds, &proxy.proc.pids())?;
-                    eprintln!(
-                        "run {}/{} {:<4} {:<8} -c1: {:>7.0} req/s  p50 {:.3} ms  p99 {:.3} ms",
-                        run + 1,
-                        args.runs,
-                        if tls { "TLS" } else { "HTTP" },
-                        proxy.name,
-                        result.rps,
-                        result.p50_ms,
-                        result.p99_ms,
-                    );
+                    let result = wrk(pass_load, tls, port, seconds, &proxy.proc.pids())?;
+                    let protocol = if tls { "TLS" } else { "HTTP" };
+                    if connections == 1 {
+                        eprintln!(
+                            "run {}/{} {protocol:<4} {:<8} -c1: {:>7.0} req/s  p50 {:.3} ms  p99 {:.3} ms",
+                            run + 1,
+                            args.runs,
+                            proxy.name,
+                            result.rps,
+                            result.p50_ms,
+                            result.p99_ms,
+                        );
+                    } else {
+                        eprintln!(
+                            "run {}/{} {protocol:<4} {:<8} {:>9.0} req/s  p50 {:.3} ms  p99 {:.3} ms  proxy {:.0}% of a CPU; CPU {proxy_cpu} {:.0}% busy, CPU {load_cpu} {:.0}%{}",
+                            run + 1,
+                            args.runs,
+                            proxy.name,
+                            result.rps,
+                            result.p50_ms,
+                            result.p99_ms,
+                            result.proxy_cpu_pct,
+                            result.proxy_cpu_busy_pct,
+                            result.load_cpu_busy_pct,
+                            if result.socket_errors > 0 {
+                                format!("  ({} socket errors)", result.socket_errors)
+                            } else {
+                                String::new()
+                            }
+                        );
+                    }
                     all_runs.push(Run {
                         proxy: proxy.name.to_string(),
                         tls,
                         run: run + 1,
-                        connections: 1,
+                        connections,
                         wrk: result,
                     });
                 }

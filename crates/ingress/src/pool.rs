@@ -20,7 +20,7 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::BodyExt;
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use hyper::header::{CONNECTION, CONTENT_LENGTH, HeaderName, HeaderValue, TRANSFER_ENCODING};
 use hyper::{HeaderMap, Method, Request, Response, StatusCode, Version};
@@ -28,7 +28,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use crate::proxy::{Body, BoxError};
+use crate::proxy::{Body, BoxError, empty, full};
 
 /// Idle connections kept per endpoint (more are closed after use).
 const MAX_IDLE_PER_ENDPOINT: usize = 512;
@@ -262,7 +262,7 @@ impl Pool {
                 None => Framing::Eof,
             }
         };
-        let mut response = Response::new(Empty::new().map_err(|never| match never {}).boxed());
+        let mut response = Response::new(empty());
         *response.status_mut() = head.status;
         *response.version_mut() = head.version;
         *response.headers_mut() = head.headers;
@@ -279,11 +279,7 @@ impl Pool {
                 if head.keep_alive && buf.is_empty() {
                     self.checkin(endpoint, stream, buf);
                 }
-                if no_body {
-                    Empty::new().map_err(|never| match never {}).boxed()
-                } else {
-                    Full::new(data).map_err(|never| match never {}).boxed()
-                }
+                if no_body { empty() } else { full(data) }
             }
             framing => UpstreamBody {
                 stream: Some(stream),

@@ -151,21 +151,31 @@ impl ConnInfo {
     }
 }
 
-fn local_response(status: StatusCode, message: &str) -> Response<Body> {
-    let body = Full::new(Bytes::from(format!("{message}\n")))
-        .map_err(|never| match never {})
-        .boxed();
-    let mut response = Response::new(body);
+/// A response the controller makes itself.
+pub(crate) fn text_response(
+    status: StatusCode,
+    content_type: &'static str,
+    body: String,
+) -> Response<Body> {
+    let mut response = Response::new(full(Bytes::from(body)));
     *response.status_mut() = status;
     response.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
+        HeaderValue::from_static(content_type),
     );
     response
 }
 
-fn empty() -> Body {
+fn local_response(status: StatusCode, message: &str) -> Response<Body> {
+    text_response(status, "text/plain; charset=utf-8", format!("{message}\n"))
+}
+
+pub(crate) fn empty() -> Body {
     Empty::new().map_err(|never| match never {}).boxed()
+}
+
+pub(crate) fn full(data: Bytes) -> Body {
+    Full::new(data).map_err(|never| match never {}).boxed()
 }
 
 /// RFC 9110 9.2.2: methods whose repetition has the effect of one.

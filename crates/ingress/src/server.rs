@@ -12,8 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http_body_util::{BodyExt, Full};
-use hyper::body::{Bytes, Incoming};
+use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use podwire_model::Store;
@@ -27,7 +26,7 @@ use arc_swap::ArcSwap;
 
 use crate::certs::{CertTable, SecretRef, generated_default};
 use crate::metrics::{ListenerLabels, Metrics, render};
-use crate::proxy::{Body, ConnInfo, Settings, Shared, Snapshot, handle};
+use crate::proxy::{Body, ConnInfo, Settings, Shared, Snapshot, handle, text_response};
 use crate::{CompileOptions, IngressError, RouteTable, our_ingresses};
 
 /// How often the store's generation is polled: a change is served within
@@ -67,15 +66,7 @@ pub fn load(
 ) -> Result<Snapshot, IngressError> {
     let (generation, state) = store.load_consistent().map_err(IngressError::Store)?;
     let routes = RouteTable::compile(&state, &config.options);
-    let mut ingresses = our_ingresses(&state, &config.options.class);
-    ingresses.sort_by_key(|i| {
-        (
-            i.metadata.creation_timestamp.is_none(),
-            i.metadata.creation_timestamp.clone(),
-            i.metadata.namespace.clone(),
-            i.metadata.name.clone(),
-        )
-    });
+    let ingresses = our_ingresses(&state, &config.options.class);
     let certs = CertTable::compile(
         &state,
         &ingresses,
@@ -86,25 +77,6 @@ pub fn load(
         generation,
         routes,
         certs,
-    })
-}
-
-async fn bind(addr: Option<SocketAddr>) -> Result<Option<TcpListener>, IngressError> {
-    match addr {
-        None => Ok(None),
-        Some(addr) => TcpListener::bind(addr)
-            .await
-            .map(Some)
-            .map_err(|source| IngressError::Bind { addr, source }),
-    }
-}
-
-/// Binds `listen` (one set of listeners, for a single runtime).
-pub async fn bind_all(listen: &Listen) -> Result<Listeners, IngressError> {
-    Ok(Listeners {
-        http: bind(listen.http).await?,
-        https: bind(listen.https).await?,
-        metrics: bind(listen.metrics).await?,
     })
 }
 
@@ -658,16 +630,5 @@ fn ops_answer(path: &str, registry: &Registry, shared: &Shared) -> Response<Body
             "try /healthz, /readyz or /metrics\n".to_string(),
         ),
     };
-    let mut response = Response::new(
-        Full::new(Bytes::from(body))
-            .map_err(|never| match never {})
-            .boxed(),
-    );
-    *response.status_mut() = status;
-    if let Ok(v) = hyper::header::HeaderValue::from_str(content_type) {
-        response
-            .headers_mut()
-            .insert(hyper::header::CONTENT_TYPE, v);
-    }
-    response
+    text_response(status, content_type, body)
 }

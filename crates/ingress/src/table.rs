@@ -351,8 +351,7 @@ impl RouteTable {
             state,
             cache: HashMap::new(),
         };
-        let mut ingresses = our_ingresses(state, &options.class);
-        ingresses.sort_by_key(|i| age_key(i));
+        let ingresses = our_ingresses(state, &options.class);
         let tls = tls_hosts(ingresses.iter().copied());
         for ingress in ingresses {
             table.add_ingress(ingress, &tls, &mut resolver);
@@ -524,14 +523,17 @@ impl RouteTable {
     }
 }
 
-/// The Ingresses in `state` that are podwire's to serve.
+/// The Ingresses in `state` that are podwire's to serve, oldest first (the
+/// order that decides conflicts over paths and TLS hosts).
 pub fn our_ingresses<'a>(state: &'a ClusterState, class: &str) -> Vec<&'a Ingress> {
     let classes = Classes::of(state, class);
-    state
+    let mut ours: Vec<&Ingress> = state
         .ingresses
         .values()
         .filter(|i| classes.is_ours(i))
-        .collect()
+        .collect();
+    ours.sort_by_key(|i| age_key(i));
+    ours
 }
 
 fn backend_ref(namespace: &str, backend: &IngressBackend) -> Result<BackendRef, String> {
