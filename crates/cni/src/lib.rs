@@ -9,6 +9,7 @@ pub mod env;
 pub mod error;
 pub mod firewall;
 pub mod fw;
+pub mod install;
 pub mod ipam;
 pub mod loopback;
 pub mod netconf;

@@ -1,15 +1,15 @@
-//! Compiling the zone: Kubernetes objects (k8s-openapi types) are reduced one
-//! at a time to the few facts DNS needs ([`ZoneBuilder`]), then turned into
-//! the lookup tables of [`Zone`]. Pure: no I/O; [`crate::source`] feeds it
-//! from the files store one object at a time, tests feed it from a
-//! `ClusterState`.
+//! Compiling the zone: the facts DNS keeps per object ([`ZoneFacts`],
+//! `facts.rs`) turned into the lookup tables of [`Zone`]. Pure: no I/O; a
+//! server's facts follow its source change by change, tests and the fuzz
+//! target build from whole objects with [`ZoneBuilder`].
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use podwire_model::{ClusterConfig, ClusterState, EndpointSlice, Namespace, Pod, Service};
+use podwire_model::{ClusterConfig, ClusterState, EndpointSlice, Namespace, Object, Pod, Service};
 use rustc_hash::FxHashMap;
 
+use crate::facts::{Key, KindIn, ServiceIn, SliceIn, ZoneFacts, valid_label};
 use crate::wire;
 use crate::zone::{Endpoint, Node, PodMode, Port, Reverse, Svc, SvcKind, Zone};
 
@@ -17,10 +17,6 @@ use crate::zone::{Endpoint, Node, PodMode, Port, Reverse, Svc, SvcKind, Zone};
 pub const DEFAULT_ZONE: &str = "cluster.local";
 /// The default record TTL (CoreDNS's).
 pub const DEFAULT_TTL: u32 = 5;
-/// The label tying an EndpointSlice to its Service.
-const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
-/// The pre-publishNotReadyAddresses annotation the specification still names.
-const TOLERATE_UNREADY: &str = "service.alpha.kubernetes.io/tolerate-unready-endpoints";
 /// Namespaces every cluster has.
 const BUILTIN_NAMESPACES: [&str; 4] = ["default", "kube-system", "kube-public", "kube-node-lease"];
 
@@ -44,266 +40,75 @@ impl Default for ZoneOptions {
     }
 }
 
+/// Collects the DNS-relevant facts of whole objects for a one-shot build
+/// (tests, the fuzz target); a running server keeps a [`ZoneFacts`] that
+/// follows its source instead.
 #[derive(Debug)]
-enum KindIn {
-    ClusterIp(Vec<IpAddr>),
-    Headless,
-    External(Vec<u8>),
-}
-
-#[derive(Debug)]
-struct ServiceIn {
-    kind: KindIn,
-    /// (name, protocol, port), lowercase.
-    ports: Vec<(String, String, u16)>,
-    publish_not_ready: bool,
-}
-
-#[derive(Debug)]
-struct SliceIn {
-    ns: u32,
-    service: String,
-    ports: Vec<(String, String, u16)>,
-    /// (address, hostname, ready)
-    endpoints: Vec<(IpAddr, Option<String>, bool)>,
-}
-
-#[derive(Debug)]
-struct PodHost {
-    ns: u32,
-    ip: IpAddr,
-    hostname: String,
-    subdomain: String,
-}
-
-/// Collects the DNS-relevant facts of objects, one object at a time.
-#[derive(Debug, Default)]
 pub struct ZoneBuilder {
-    config: Option<ClusterConfig>,
-    ns_ids: BTreeMap<String, u32>,
-    declared_namespaces: BTreeSet<u32>,
-    services: BTreeMap<(u32, String), ServiceIn>,
-    slices: Vec<SliceIn>,
-    pod_ips: Vec<(IpAddr, u32)>,
-    pod_hosts: Vec<PodHost>,
-    skipped: Vec<String>,
+    facts: ZoneFacts,
 }
 
-fn namespace_of(ns: Option<&String>) -> String {
-    ns.filter(|n| !n.is_empty())
-        .map(|n| n.to_ascii_lowercase())
-        .unwrap_or_else(|| "default".into())
-}
-
-fn valid_label(label: &str) -> bool {
-    !label.is_empty() && label.len() <= 63 && !label.contains('.')
+impl Default for ZoneBuilder {
+    fn default() -> Self {
+        ZoneBuilder::new()
+    }
 }
 
 impl ZoneBuilder {
     pub fn new() -> ZoneBuilder {
-        ZoneBuilder::default()
-    }
-
-    fn ns_id(&mut self, ns: String) -> u32 {
-        let next = self.ns_ids.len() as u32;
-        *self.ns_ids.entry(ns).or_insert(next)
+        ZoneBuilder {
+            facts: ZoneFacts::new(true),
+        }
     }
 
     /// The cluster configuration (domain, service range for kube-dns's IP).
     pub fn config(&mut self, config: Option<ClusterConfig>) {
-        self.config = config;
+        self.facts.config = config;
     }
 
     pub fn namespace(&mut self, ns: &Namespace) {
-        if let Some(name) = &ns.metadata.name {
-            let id = self.ns_id(name.to_ascii_lowercase());
-            self.declared_namespaces.insert(id);
-        }
+        self.facts.add(&Object::Namespace(ns.clone()));
     }
 
     pub fn service(&mut self, svc: &Service) {
-        let ns = namespace_of(svc.metadata.namespace.as_ref());
-        let Some(name) = svc.metadata.name.as_ref().map(|n| n.to_ascii_lowercase()) else {
-            return;
-        };
-        if !valid_label(&name) || !valid_label(&ns) {
-            self.skipped
-                .push(format!("service {ns}/{name}: not a DNS label"));
-            return;
-        }
-        let ns_id = self.ns_id(ns.clone());
-        let Some(spec) = svc.spec.as_ref() else {
-            return;
-        };
-        let kind = if spec.type_.as_deref() == Some("ExternalName") {
-            let target = spec
-                .external_name
-                .as_deref()
-                .unwrap_or_default()
-                .to_ascii_lowercase();
-            match wire::wire_from_text(&target).filter(|w| w.len() > 1) {
-                Some(wire) => KindIn::External(wire),
-                None => {
-                    self.skipped.push(format!(
-                        "service {ns}/{name}: externalName {target:?} is not a DNS name"
-                    ));
-                    return;
-                }
-            }
-        } else {
-            let ips: Vec<&String> = match spec.cluster_ips.as_ref().filter(|v| !v.is_empty()) {
-                Some(ips) => ips.iter().collect(),
-                None => spec.cluster_ip.iter().collect(),
-            };
-            if ips.iter().any(|ip| ip.as_str() == "None") {
-                KindIn::Headless
-            } else {
-                let parsed: Vec<IpAddr> = ips.iter().filter_map(|ip| ip.parse().ok()).collect();
-                if parsed.is_empty() {
-                    // No address allocated yet: no record until it has one.
-                    self.skipped
-                        .push(format!("service {ns}/{name}: no clusterIP yet"));
-                    return;
-                }
-                KindIn::ClusterIp(parsed)
-            }
-        };
-        let ports = spec
-            .ports
-            .iter()
-            .flatten()
-            .filter_map(|p| {
-                Some((
-                    p.name.clone().unwrap_or_default().to_ascii_lowercase(),
-                    p.protocol.as_deref().unwrap_or("TCP").to_ascii_lowercase(),
-                    u16::try_from(p.port).ok()?,
-                ))
-            })
-            .collect();
-        let publish_not_ready = spec.publish_not_ready_addresses == Some(true)
-            || svc
-                .metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(TOLERATE_UNREADY))
-                .is_some_and(|v| v == "true");
-        self.services.insert(
-            (ns_id, name),
-            ServiceIn {
-                kind,
-                ports,
-                publish_not_ready,
-            },
-        );
+        self.facts.add(&Object::Service(svc.clone()));
     }
 
     pub fn endpoint_slice(&mut self, slice: &EndpointSlice) {
-        let ns = namespace_of(slice.metadata.namespace.as_ref());
-        let Some(service) = slice
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(SERVICE_NAME_LABEL))
-            .map(|s| s.to_ascii_lowercase())
-        else {
-            return;
-        };
-        let ns_id = self.ns_id(ns);
-        let ports = slice
-            .ports
-            .iter()
-            .flatten()
-            .filter_map(|p| {
-                Some((
-                    p.name.clone().unwrap_or_default().to_ascii_lowercase(),
-                    p.protocol.as_deref().unwrap_or("TCP").to_ascii_lowercase(),
-                    u16::try_from(p.port?).ok()?,
-                ))
-            })
-            .collect();
-        let mut endpoints = Vec::new();
-        for ep in slice.endpoints.iter().flatten() {
-            // nil means unknown, which consumers treat as ready (API docs).
-            let ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
-            let hostname = ep
-                .hostname
-                .as_ref()
-                .map(|h| h.to_ascii_lowercase())
-                .filter(|h| valid_label(h));
-            for address in &ep.addresses {
-                if let Ok(ip) = address.parse::<IpAddr>() {
-                    endpoints.push((ip, hostname.clone(), ready));
-                }
-            }
-        }
-        self.slices.push(SliceIn {
-            ns: ns_id,
-            service,
-            ports,
-            endpoints,
-        });
+        self.facts.add(&Object::EndpointSlice(slice.clone()));
     }
 
     pub fn pod(&mut self, pod: &Pod) {
-        let ns = namespace_of(pod.metadata.namespace.as_ref());
-        let status = pod.status.as_ref();
-        if matches!(
-            status.and_then(|s| s.phase.as_deref()),
-            Some("Succeeded" | "Failed")
-        ) {
-            return;
-        }
-        let mut ips: Vec<IpAddr> = status
-            .and_then(|s| s.pod_ips.as_ref())
-            .into_iter()
-            .flatten()
-            .filter_map(|p| p.ip.parse().ok())
-            .collect();
-        if ips.is_empty()
-            && let Some(ip) = status
-                .and_then(|s| s.pod_ip.as_deref())
-                .and_then(|ip| ip.parse().ok())
-        {
-            ips.push(ip);
-        }
-        let ns_id = self.ns_id(ns);
-        if ips.is_empty() {
-            return;
-        }
-        for ip in &ips {
-            self.pod_ips.push((*ip, ns_id));
-        }
-        let spec = pod.spec.as_ref();
-        let hostname = spec
-            .and_then(|s| s.hostname.as_deref())
-            .map(str::to_ascii_lowercase);
-        let subdomain = spec
-            .and_then(|s| s.subdomain.as_deref())
-            .map(str::to_ascii_lowercase);
-        if let (Some(hostname), Some(subdomain)) = (hostname, subdomain)
-            && valid_label(&hostname)
-            && podwire_model::pod_is_ready(pod)
-        {
-            for ip in ips {
-                self.pod_hosts.push(PodHost {
-                    ns: ns_id,
-                    ip,
-                    hostname: hostname.clone(),
-                    subdomain: subdomain.clone(),
-                });
-            }
-        }
+        self.facts.add(&Object::Pod(pod.clone()));
     }
 
-    /// Objects left out and why (for logs and `dns plan`).
-    pub fn skipped(&self) -> &[String] {
-        &self.skipped
+    /// Objects left out and why.
+    pub fn skipped(&self) -> Vec<String> {
+        self.facts.skipped().cloned().collect()
     }
 
-    /// Compiles the zone. `serial` is the SOA serial (the store generation).
-    pub fn build(mut self, options: &ZoneOptions, serial: u32) -> Zone {
-        for ns in BUILTIN_NAMESPACES {
-            self.ns_id(ns.to_string());
+    /// Compiles the zone. `serial` is the SOA serial.
+    pub fn build(self, options: &ZoneOptions, serial: u32) -> Zone {
+        self.facts.build(options, serial)
+    }
+}
+
+impl ZoneFacts {
+    /// Compiles the zone. `serial` is the SOA serial (the source's revision).
+    pub fn build(&self, options: &ZoneOptions, serial: u32) -> Zone {
+        // Namespace ids: the built-in ones, the declared ones, and those
+        // of the objects that have records.
+        let mut ns_ids: BTreeMap<&str, u32> = BTreeMap::new();
+        let names_in_use = BUILTIN_NAMESPACES
+            .iter()
+            .copied()
+            .chain(self.namespaces.keys().map(|n| &**n))
+            .chain(self.services.keys().map(|k| &*k.0))
+            .chain(self.slices.keys().map(|k| &*k.0))
+            .chain(self.pods.keys().map(|k| &*k.0));
+        for ns in names_in_use {
+            let next = ns_ids.len() as u32;
+            ns_ids.entry(ns).or_insert(next);
         }
         let domain = options
             .zone
@@ -347,8 +152,7 @@ impl ZoneBuilder {
         put(&mut names, rel(&["ns", "dns"]), Node::NsDns);
         put(&mut names, rel(&["svc"]), Node::Empty);
         put(&mut names, rel(&["pod"]), Node::Empty);
-        let ns_names: BTreeMap<u32, String> =
-            self.ns_ids.iter().map(|(n, id)| (*id, n.clone())).collect();
+        let ns_names: BTreeMap<u32, &str> = ns_ids.iter().map(|(n, id)| (*id, *n)).collect();
         for ns in ns_names.values().filter(|n| valid_label(n)) {
             put(&mut names, rel(&[ns, "svc"]), Node::Empty);
             if options.pods != PodMode::Disabled {
@@ -357,31 +161,40 @@ impl ZoneBuilder {
         }
 
         // Endpoints per Service.
-        let mut slices_by_service: BTreeMap<(u32, &str), Vec<&SliceIn>> = BTreeMap::new();
-        for slice in &self.slices {
+        let mut slices_by_service: BTreeMap<(&str, &str), Vec<&SliceIn>> = BTreeMap::new();
+        for ((ns, _), entry) in &self.slices {
             slices_by_service
-                .entry((slice.ns, slice.service.as_str()))
+                .entry((&**ns, &*entry.facts.service))
                 .or_default()
-                .push(slice);
+                .push(&entry.facts);
         }
-        let mut hosts_by_service: BTreeMap<(u32, &str), Vec<&PodHost>> = BTreeMap::new();
-        for host in &self.pod_hosts {
-            hosts_by_service
-                .entry((host.ns, host.subdomain.as_str()))
-                .or_default()
-                .push(host);
+        // (ip, hostname) of the pods naming each (namespace, subdomain).
+        let mut hosts_by_service: BTreeMap<(&str, &str), Vec<(IpAddr, &str)>> = BTreeMap::new();
+        for ((ns, _), entry) in &self.pods {
+            if let Some(host) = &entry.facts.host {
+                let (hostname, subdomain) = &**host;
+                for ip in entry.facts.ips.iter() {
+                    hosts_by_service
+                        .entry((&**ns, &**subdomain))
+                        .or_default()
+                        .push((*ip, &**hostname));
+                }
+            }
         }
 
-        let mut services: Vec<Svc> = Vec::with_capacity(self.services.len());
+        let mut sorted: Vec<(&Key, &ServiceIn)> =
+            self.services.iter().map(|(k, e)| (k, &e.facts)).collect();
+        sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let mut services: Vec<Svc> = Vec::with_capacity(sorted.len());
         let mut reverse: Vec<Reverse> = Vec::new();
         let mut kube_dns: Vec<IpAddr> = Vec::new();
-        for ((ns_id, name), svc_in) in &self.services {
-            let ns = &ns_names[ns_id];
+        for ((ns, name), svc_in) in sorted {
+            let (ns, name): (&str, &str) = (ns, name);
             let Some(key) = rel(&[name, ns, "svc"]) else {
                 continue;
             };
             let slices = slices_by_service
-                .get(&(*ns_id, name.as_str()))
+                .get(&(ns, name))
                 .map(Vec::as_slice)
                 .unwrap_or_default();
             let mut endpoints: Vec<Endpoint> = slices
@@ -395,16 +208,12 @@ impl ZoneBuilder {
                 .collect();
             // Pods naming this Service as their subdomain lend their hostname
             // to their endpoint (what the endpoints controller does).
-            for host in hosts_by_service
-                .get(&(*ns_id, name.as_str()))
-                .into_iter()
-                .flatten()
-            {
+            for (ip, hostname) in hosts_by_service.get(&(ns, name)).into_iter().flatten() {
                 for ep in endpoints
                     .iter_mut()
-                    .filter(|e| e.ip == host.ip && e.hostname.is_none())
+                    .filter(|e| e.ip == *ip && e.hostname.is_none())
                 {
-                    ep.hostname = Some(Box::from(host.hostname.as_bytes()));
+                    ep.hostname = Some(Box::from(hostname.as_bytes()));
                 }
             }
             endpoints.sort();
@@ -436,8 +245,8 @@ impl ZoneBuilder {
                         .find(|(n, p, _)| n == pname && p == proto)
                         .map_or(*port, |(_, _, ep)| *ep);
                     Port {
-                        name: pname.as_str().into(),
-                        protocol: proto.as_str().into(),
+                        name: pname.clone(),
+                        protocol: proto.clone(),
                         port: *port,
                         endpoint_port,
                     }
@@ -507,9 +316,12 @@ impl ZoneBuilder {
             .map(|(id, n)| (Box::from(n.as_bytes()), *id))
             .collect();
         let mut pod_ips: Vec<(u128, u32)> = if options.pods == PodMode::Verified {
-            self.pod_ips
+            self.pods
                 .iter()
-                .map(|(ip, ns)| (ip_key(*ip).0, *ns))
+                .flat_map(|((ns, _), e)| {
+                    let id = ns_ids.get(&**ns).copied().unwrap_or(u32::MAX);
+                    e.facts.ips.iter().map(move |ip| (ip_key(*ip).0, id))
+                })
                 .collect()
         } else {
             Vec::new()

@@ -4,14 +4,16 @@
 //! upstream servers with health checks and a cache, over UDP and TCP, with
 //! health, readiness and Prometheus metrics endpoints.
 //!
-//! Data flow: the files store -> [`source::load`] (one object at a time) ->
-//! [`ZoneBuilder`] -> [`Zone`] (compact tables, swapped atomically) ->
+//! Data flow: a source (the files store or the Kubernetes API), change by
+//! change -> [`ZoneFacts`] (a few facts per object) -> [`Zone`] (compact
+//! tables, rebuilt after each batch of changes and swapped atomically) ->
 //! [`handler::handle`] per query (zone, reverse, hosts, cache) ->
 //! [`handler::resolve`] for what needs an upstream ([`forward`]).
 
 pub mod build;
 pub mod cache;
 pub mod error;
+pub mod facts;
 pub mod forward;
 pub mod handler;
 pub mod hosts;
@@ -19,13 +21,13 @@ pub mod metrics;
 pub mod ops;
 pub mod resolv;
 pub mod server;
-pub mod source;
 pub mod wire;
 pub mod zone;
 
 pub use build::{DEFAULT_TTL, DEFAULT_ZONE, ZoneBuilder, ZoneOptions};
 pub use cache::CacheConfig;
 pub use error::DnsError;
+pub use facts::ZoneFacts;
 pub use server::{Server, ServerConfig};
 pub use zone::{PodMode, SCHEMA_VERSION, Zone};
 

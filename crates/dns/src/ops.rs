@@ -3,8 +3,8 @@
 //! `/metrics` (Prometheus/OpenMetrics text). Every listener serves all three
 //! paths; the defaults put them on 8080, 8181 and 9153 like CoreDNS.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus_client::collector::Collector;
@@ -26,6 +26,10 @@ pub struct ZoneStatus {
     services: AtomicU64,
     reloads: AtomicU64,
     failures: AtomicU64,
+    /// The source's last reported status.
+    source: Mutex<podwire_model::SourceStatus>,
+    /// Where the cluster state comes from ("kube https://…", "files:…").
+    source_name: Mutex<String>,
 }
 
 impl ZoneStatus {
@@ -38,6 +42,28 @@ impl ZoneStatus {
 
     pub fn failed(&self) {
         self.failures.fetch_add(1, Relaxed);
+    }
+
+    /// Records the source's status (readiness text and metrics use it).
+    pub fn source(&self, name: &str, status: podwire_model::SourceStatus) {
+        if let Ok(mut s) = self.source.lock() {
+            *s = status;
+        }
+        if let Ok(mut n) = self.source_name.lock()
+            && *n != name
+        {
+            *n = name.to_string();
+        }
+    }
+
+    fn source_status(&self) -> (String, podwire_model::SourceStatus) {
+        (
+            self.source_name
+                .lock()
+                .map(|n| n.clone())
+                .unwrap_or_default(),
+            self.source.lock().map(|s| s.clone()).unwrap_or_default(),
+        )
     }
 
     pub fn generation(&self) -> Option<u64> {
@@ -206,6 +232,25 @@ impl Collector for Exporter {
             "Times the cluster state could not be loaded.",
             status.failures.load(Relaxed),
         )?;
+        let (_, source) = status.source_status();
+        gauge(
+            &mut e,
+            "podwire_dns_source_synced",
+            "Whether every watched kind has been listed.",
+            i64::from(source.synced),
+        )?;
+        gauge(
+            &mut e,
+            "podwire_dns_source_error",
+            "Whether the source is failing now.",
+            i64::from(source.error.is_some()),
+        )?;
+        counter(
+            &mut e,
+            "podwire_dns_source_watch_restarts",
+            "Watches restarted (errors and relists), all kinds.",
+            source.restarts.values().sum(),
+        )?;
         Ok(())
     }
 }
@@ -256,20 +301,38 @@ pub fn route(
     let path = path.split('?').next().unwrap_or(path);
     match path {
         "/health" => ("200 OK", "text/plain", "OK\n".into()),
-        "/ready" => match status.generation() {
-            Some(_) => ("200 OK", "text/plain", "OK\n".into()),
-            None => (
-                "503 Service Unavailable",
-                "text/plain",
-                "not ready: the cluster state has not been loaded yet (is the source's generation at least 1?)\n".into(),
-            ),
-        },
+        "/ready" => {
+            let (name, source) = status.source_status();
+            match (status.generation(), source.error) {
+                (Some(_), None) => ("200 OK", "text/plain", "OK\n".into()),
+                // Still serving the last zone: ready, and saying why it may be stale.
+                (Some(g), Some(err)) => (
+                    "200 OK",
+                    "text/plain",
+                    format!(
+                        "OK (serving the zone of revision {g}; the source {name} is failing: {err})\n"
+                    ),
+                ),
+                (None, err) => (
+                    "503 Service Unavailable",
+                    "text/plain",
+                    format!(
+                        "not ready: the cluster state has not been loaded yet from {name}: {}\n",
+                        err.unwrap_or_else(|| "waiting for every kind to be listed".into())
+                    ),
+                ),
+            }
+        }
         "/metrics" => (
             "200 OK",
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
             render(registry),
         ),
-        _ => ("404 Not Found", "text/plain", "try /health, /ready or /metrics\n".into()),
+        _ => (
+            "404 Not Found",
+            "text/plain",
+            "try /health, /ready or /metrics\n".into(),
+        ),
     }
 }
 

@@ -1,34 +1,36 @@
 //! The running server: UDP workers (one thread and one SO_REUSEPORT socket
 //! per core, blocking receive, answers written in place), TCP and
-//! forwarding on a small tokio runtime, the watcher thread that recompiles
-//! the zone when the store's generation changes (and reloads the hosts
-//! file), and the operations endpoints.
+//! forwarding on a small tokio runtime, the watcher thread that folds the
+//! source's changes into the zone's facts and recompiles the zone after
+//! each batch (and reloads the hosts file), and the operations endpoints.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
-use podwire_model::Store;
+use podwire_model::{FilesSource, Interest, Source, Store};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::build::{DEFAULT_ZONE, ZoneOptions};
 use crate::cache::{Cache, CacheConfig};
 use crate::error::DnsError;
+use crate::facts::{KINDS, ZoneFacts};
 use crate::forward::Upstreams;
 use crate::handler::{self, Action, State};
 use crate::hosts::{Hosts, HostsFile};
 use crate::metrics::Counters;
 use crate::ops::{self, ZoneStatus};
-use crate::source;
 use crate::wire;
+use crate::zone::PodMode;
 
-/// How often the watcher looks at the store's generation.
-const WATCH_INTERVAL: Duration = Duration::from_millis(20);
+/// How long the watcher waits for changes before it looks at the hosts
+/// file and its stop flag again.
+const WATCH_INTERVAL: Duration = Duration::from_millis(100);
 /// How often the hosts file's stamp is compared.
 const HOSTS_INTERVAL: Duration = Duration::from_millis(500);
 /// TCP connections are closed after this long without a query.
@@ -37,8 +39,9 @@ const TCP_IDLE: Duration = Duration::from_secs(10);
 /// Everything `podwire dns` can be told.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
-    /// The files store (the lab's state directory).
-    pub store: PathBuf,
+    /// The files store (the lab's state directory), when the server is
+    /// started without a source of its own ([`Server::start`]).
+    pub store: Option<PathBuf>,
     pub listen: SocketAddr,
     pub zone: ZoneOptions,
     pub hosts: Option<PathBuf>,
@@ -59,7 +62,7 @@ impl ServerConfig {
     /// Defaults for everything but the store.
     pub fn new(store: PathBuf) -> ServerConfig {
         ServerConfig {
-            store,
+            store: Some(store),
             listen: SocketAddr::from(([0, 0, 0, 0], 53)),
             zone: ZoneOptions::default(),
             hosts: None,
@@ -124,10 +127,31 @@ fn tcp_listener(addr: SocketAddr, proto: &'static str) -> Result<std::net::TcpLi
     Ok(socket.into())
 }
 
+/// What cluster DNS reads: Namespaces, Services, EndpointSlices, Pods.
+pub fn interest() -> Interest {
+    Interest::new(KINDS)
+}
+
 impl Server {
-    /// Binds every socket, then starts the workers, the watcher and the
-    /// async side. Errors when an address cannot be bound.
+    /// Starts on the files store of `config.store`.
     pub fn start(config: ServerConfig) -> Result<Server, DnsError> {
+        let Some(dir) = config.store.clone() else {
+            return Err(DnsError::Invalid {
+                what: "source",
+                value: String::new(),
+                reason: "no files store given; use Server::start_with_source".into(),
+            });
+        };
+        let source = FilesSource::new(Store::open(dir), interest());
+        Server::start_with_source(config, Box::new(source))
+    }
+
+    /// Binds every socket, then starts the workers, the watcher (on
+    /// `source`) and the async side. Errors when an address cannot be bound.
+    pub fn start_with_source(
+        config: ServerConfig,
+        source: Box<dyn Source>,
+    ) -> Result<Server, DnsError> {
         let workers = if config.workers == 0 {
             std::thread::available_parallelism().map_or(1, |n| n.get())
         } else {
@@ -158,12 +182,14 @@ impl Server {
             }
         }
 
-        let store = Store::open(&config.store);
         let pre_sync_domain = config
             .zone
             .zone
             .clone()
-            .or_else(|| store.read_config().ok().flatten().map(|c| c.cluster_domain))
+            .or_else(|| {
+                let store = Store::open(config.store.as_ref()?);
+                store.read_config().ok().flatten().map(|c| c.cluster_domain)
+            })
             .unwrap_or_else(|| DEFAULT_ZONE.to_string())
             .to_ascii_lowercase();
         let origin = wire::wire_from_text(&pre_sync_domain).ok_or_else(|| DnsError::Invalid {
@@ -206,7 +232,7 @@ impl Server {
             threads.push(
                 std::thread::Builder::new()
                     .name("podwire-dns-watch".into())
-                    .spawn(move || watch(store, options, hosts, state, status, stop))
+                    .spawn(move || watch(source, options, hosts, state, status, stop))
                     .map_err(DnsError::Runtime)?,
             );
         }
@@ -599,21 +625,26 @@ async fn tcp_conn(mut stream: tokio::net::TcpStream, state: Arc<State>) {
     }
 }
 
-/// Recompiles the zone whenever the store's generation changes (the first
-/// time once the generation is at least 1: the writer has synced once), and
-/// reloads the hosts file when it changes.
+/// Folds the source's changes into the zone's facts and recompiles the
+/// zone after each batch that changed them (the first time once every kind
+/// has been listed), and reloads the hosts file when it changes. A failing
+/// source leaves the zone as it is.
 fn watch(
-    store: Store,
+    mut source: Box<dyn Source>,
     options: ZoneOptions,
     mut hosts: Option<HostsFile>,
     state: Arc<State>,
     status: Arc<ZoneStatus>,
     stop: Arc<AtomicBool>,
 ) {
-    let mut loaded: Option<u64> = None;
-    let mut failed: Option<(u64, String)> = None;
+    let mut facts = ZoneFacts::new(options.pods == PodMode::Verified);
+    let mut dirty = false;
+    let mut loaded = false;
+    let mut revision = 0u64;
+    let mut objects = 0usize;
+    let mut last_error: Option<String> = None;
     let mut last_hosts_check = Instant::now() - HOSTS_INTERVAL;
-    let reloads = AtomicU64::new(0);
+    let name = source.describe();
     while !stop.load(Relaxed) {
         if let Some(file) = hosts.as_mut()
             && last_hosts_check.elapsed() >= HOSTS_INTERVAL
@@ -623,45 +654,64 @@ fn watch(
                 state.hosts.store(Arc::new(new));
             }
         }
-        let generation = store.generation();
-        let stale = generation >= 1 && loaded != Some(generation);
-        let retry = failed.as_ref().is_none_or(|(g, _)| *g != generation);
-        if stale && retry {
-            let started = Instant::now();
-            match source::load(&store, &options) {
-                Ok(l) => {
-                    tracing::info!(
-                        "zone {} generation {}: {} services, {} objects read in {:?}",
-                        wire::name_to_text(l.zone.origin()),
-                        l.generation,
-                        l.zone.service_count(),
-                        l.objects,
-                        started.elapsed()
-                    );
-                    for reason in &l.skipped {
-                        tracing::debug!("left out of the zone: {reason}");
+        let started = Instant::now();
+        let mut wait = WATCH_INTERVAL;
+        let mut failed = None;
+        // Everything already waiting becomes one rebuild.
+        loop {
+            match source.next(wait) {
+                Ok(Some(update)) => {
+                    revision = update.revision;
+                    objects += update.changes.len();
+                    for change in update.changes {
+                        dirty |= facts.apply(change);
                     }
-                    loaded = Some(l.generation);
-                    failed = None;
-                    status.loaded(l.generation, l.zone.service_count());
-                    state.zone.store(Some(Arc::new(l.zone)));
-                    reloads.fetch_add(1, Relaxed);
-                    release_free_memory();
+                    wait = Duration::ZERO;
                 }
+                Ok(None) => break,
                 Err(err) => {
-                    let message = err.to_string();
-                    if failed.as_ref().is_none_or(|(_, m)| *m != message) {
-                        tracing::warn!(
-                            "cannot load the cluster state (keeping the previous zone): {message}"
-                        );
-                    }
-                    status.failed();
-                    failed = Some((generation, message));
+                    failed = Some(err.to_string());
+                    break;
                 }
             }
+        }
+        status.source(&name, source.status());
+        if let Some(message) = failed {
+            if last_error.as_deref() != Some(message.as_str()) {
+                tracing::warn!(
+                    "cluster state unavailable (keeping the zone being served): {message}"
+                );
+            }
+            status.failed();
+            last_error = Some(message);
+            std::thread::sleep(WATCH_INTERVAL);
             continue;
         }
-        std::thread::sleep(WATCH_INTERVAL);
+        if last_error.take().is_some() {
+            tracing::info!("cluster state available again from {name}");
+        }
+        if facts.synced() && (dirty || !loaded) {
+            let zone = facts.build(&options, revision as u32);
+            tracing::info!(
+                "zone {} revision {}: {} services ({} changes folded, compiled in {:?})",
+                wire::name_to_text(zone.origin()),
+                revision,
+                zone.service_count(),
+                objects,
+                started.elapsed()
+            );
+            for reason in facts.skipped() {
+                tracing::debug!("left out of the zone: {reason}");
+            }
+            status.loaded(revision, zone.service_count());
+            state.zone.store(Some(Arc::new(zone)));
+            if !loaded || objects > 1000 {
+                release_free_memory();
+            }
+            loaded = true;
+            dirty = false;
+            objects = 0;
+        }
     }
 }
 

@@ -11,6 +11,7 @@ pub mod metrics;
 mod pool;
 pub mod proxy;
 pub mod server;
+pub mod status;
 mod table;
 
 pub use error::IngressError;

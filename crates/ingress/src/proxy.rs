@@ -110,19 +110,22 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub settings: Settings,
     pool: Arc<Pool>,
+    pub(crate) readiness: Arc<std::sync::Mutex<crate::server::Readiness>>,
 }
 
 impl Shared {
-    pub fn new(
+    pub(crate) fn new(
         snapshot: Arc<ArcSwap<Snapshot>>,
         metrics: Arc<Metrics>,
         settings: Settings,
+        readiness: Arc<std::sync::Mutex<crate::server::Readiness>>,
     ) -> Shared {
         Shared {
             snapshot,
             metrics,
             pool: Arc::new(Pool::new(settings.connect_timeout)),
             settings,
+            readiness,
         }
     }
 }

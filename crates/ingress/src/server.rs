@@ -3,19 +3,25 @@
 //! runs worker processes), listeners for HTTP, HTTPS (rustls, certificate
 //! chosen by SNI, HTTP/2 or HTTP/1.1 by ALPN) and operations (`/metrics`,
 //! `/healthz`, `/readyz`), the reload thread that swaps routes and
-//! certificates when the store's generation moves, and graceful shutdown:
+//! certificates on every snapshot of the cluster (and, when this replica
+//! leads, writes the Ingresses' status), and graceful shutdown:
 //! on SIGTERM or SIGINT the listeners close, idle keep-alive connections are
 //! closed, and in-flight requests get `shutdown_grace` to finish.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use podwire_model::Store;
+use podwire_model::k8s_openapi::api::networking::v1::IngressLoadBalancerStatus;
+use podwire_model::{
+    ClusterState, ClusterWriter, FilesSource, Interest, Kind, Leadership, Source, Store, Watch,
+    WatchEvent,
+};
 use prometheus_client::registry::Registry;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
@@ -27,11 +33,50 @@ use arc_swap::ArcSwap;
 use crate::certs::{CertTable, SecretRef, generated_default};
 use crate::metrics::{ListenerLabels, Metrics, render};
 use crate::proxy::{Body, ConnInfo, Settings, Shared, Snapshot, handle, text_response};
+use crate::status::{Publish, pending};
 use crate::{CompileOptions, IngressError, RouteTable, our_ingresses};
 
-/// How often the store's generation is polled: a change is served within
-/// this plus the compile time.
-pub const POLL_INTERVAL: Duration = Duration::from_millis(10);
+/// How long startup waits for the first complete cluster state before it
+/// serves anyway (404s, `/readyz` 503) and keeps waiting in the background.
+const FIRST_SNAPSHOT: Duration = Duration::from_secs(5);
+/// How often a leader re-checks the Ingresses' status.
+const STATUS_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The kinds the controller reads; Secrets only of type kubernetes.io/tls.
+pub fn interest() -> Interest {
+    Interest::new([
+        Kind::Ingress,
+        Kind::IngressClass,
+        Kind::Service,
+        Kind::EndpointSlice,
+        Kind::Secret,
+    ])
+    .tls_secrets_only()
+}
+
+/// Writing `status.loadBalancer` of our Ingresses (Kubernetes mode).
+pub struct StatusPublisher {
+    pub writer: Arc<dyn ClusterWriter>,
+    /// Only the leader writes.
+    pub leader: Arc<dyn Leadership>,
+    pub publish: Publish,
+}
+
+/// Where the controller's cluster state comes from and what it writes back.
+pub struct Feed {
+    pub source: Box<dyn Source>,
+    pub status: Option<StatusPublisher>,
+}
+
+impl Feed {
+    /// The files store, no status writes (the lab's and the tests' way).
+    pub fn files(store: Store) -> Feed {
+        Feed {
+            source: Box::new(FilesSource::new(store, interest())),
+            status: None,
+        }
+    }
+}
 
 /// What the controller serves from the store.
 #[derive(Debug, Clone, Default)]
@@ -57,27 +102,34 @@ pub struct Listeners {
     pub metrics: Option<TcpListener>,
 }
 
-/// Loads a consistent snapshot of the store and compiles routes and
-/// certificates from it.
-pub fn load(
-    store: &Store,
+/// Compiles routes and certificates from a cluster state.
+pub fn compile(
+    generation: u64,
+    state: &ClusterState,
     config: &Config,
     generated: &Arc<CertifiedKey>,
-) -> Result<Snapshot, IngressError> {
-    let (generation, state) = store.load_consistent().map_err(IngressError::Store)?;
-    let routes = RouteTable::compile(&state, &config.options);
-    let ingresses = our_ingresses(&state, &config.options.class);
+) -> Snapshot {
+    let routes = RouteTable::compile(state, &config.options);
+    let ingresses = our_ingresses(state, &config.options.class);
     let certs = CertTable::compile(
-        &state,
+        state,
         &ingresses,
         config.default_certificate.as_ref(),
         generated.clone(),
     );
-    Ok(Snapshot {
+    Snapshot {
         generation,
         routes,
         certs,
-    })
+    }
+}
+
+/// What `/readyz` answers from.
+#[derive(Debug, Default)]
+pub(crate) struct Readiness {
+    synced: bool,
+    source: String,
+    error: Option<String>,
 }
 
 /// A listening socket with SO_REUSEPORT, so that every worker thread can
@@ -134,18 +186,50 @@ struct Common {
     snapshot: Arc<ArcSwap<Snapshot>>,
     metrics: Arc<Metrics>,
     settings: Settings,
+    readiness: Arc<Mutex<Readiness>>,
 }
 
 impl Common {
-    /// Loads the first snapshot (an error here is a startup error).
+    /// Takes the first snapshot from `watch` (waiting at most
+    /// [`FIRST_SNAPSHOT`]; without one the controller starts empty and
+    /// not ready).
     fn start(
-        store: &Store,
+        watch: &mut Watch,
         config: &Config,
         mut settings: Settings,
         https_port: Option<u16>,
         generated: &Arc<CertifiedKey>,
     ) -> Result<Common, IngressError> {
-        let snapshot = load(store, config, generated)?;
+        let mut readiness = Readiness {
+            source: watch.source().describe(),
+            ..Default::default()
+        };
+        let deadline = Instant::now() + FIRST_SNAPSHOT;
+        let mut first = None;
+        while first.is_none() && Instant::now() < deadline {
+            match watch.next(deadline.saturating_duration_since(Instant::now())) {
+                Ok(snapshot) => first = snapshot,
+                Err(err) => {
+                    readiness.error = Some(err.to_string());
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+        }
+        let snapshot = match &first {
+            Some(s) => {
+                readiness.synced = true;
+                readiness.error = None;
+                compile(s.revision, &s.state, config, generated)
+            }
+            None => {
+                tracing::warn!(
+                    source = %readiness.source,
+                    error = readiness.error.as_deref().unwrap_or("none yet"),
+                    "no cluster state yet; serving without routes until it comes"
+                );
+                compile(0, &ClusterState::default(), config, generated)
+            }
+        };
         tracing::info!(
             generation = snapshot.generation,
             ingresses = snapshot.routes.ingresses.len(),
@@ -162,6 +246,7 @@ impl Common {
             snapshot: Arc::new(ArcSwap::from_pointee(snapshot)),
             metrics: Arc::new(metrics),
             settings,
+            readiness: Arc::new(Mutex::new(readiness)),
         })
     }
 
@@ -170,6 +255,7 @@ impl Common {
             self.snapshot.clone(),
             self.metrics.clone(),
             self.settings.clone(),
+            self.readiness.clone(),
         ))
     }
 }
@@ -179,7 +265,7 @@ impl Common {
 /// backend pool, plus a thread that reloads routes and certificates.
 pub fn run(
     listen: Listen,
-    store: Store,
+    feed: Feed,
     config: Config,
     settings: Settings,
     workers: Option<usize>,
@@ -190,7 +276,8 @@ pub fn run(
         .max(1);
     let generated = generated_default()?;
     let https_port = listen.https.map(|a| a.port());
-    let common = Common::start(&store, &config, settings, https_port, &generated)?;
+    let mut watch = Watch::new(feed.source, &interest());
+    let common = Common::start(&mut watch, &config, settings, https_port, &generated)?;
     let mut http = reuseport_listeners(listen.http, workers)?;
     let mut https = reuseport_listeners(listen.https, workers)?;
     let mut metrics = match listen.metrics {
@@ -201,7 +288,7 @@ pub fn run(
         ),
         None => None,
     };
-    let reloader = Reloader::spawn(store, config, generated, &common)?;
+    let reloader = Reloader::spawn(watch, feed.status, config, generated, &common)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let tracker = Arc::new(());
     let mut threads = Vec::new();
@@ -281,7 +368,7 @@ impl ResolvesServerCert for SniResolver {
 /// worker thread).
 pub async fn serve(
     listeners: Listeners,
-    store: Store,
+    feed: Feed,
     config: Config,
     settings: Settings,
     stop: impl Future<Output = ()>,
@@ -295,8 +382,16 @@ pub async fn serve(
         ),
         None => None,
     };
-    let common = Common::start(&store, &config, settings, https_port, &generated)?;
-    let reloader = Reloader::spawn(store, config, generated, &common)?;
+    let mut watch = Watch::new(feed.source, &interest());
+    let (watch, common) = tokio::task::spawn_blocking(move || {
+        Common::start(&mut watch, &config, settings, https_port, &generated)
+            .map(|common| (watch, common, config, generated))
+    })
+    .await
+    .map_err(|e| IngressError::Tls(format!("the startup task failed: {e}")))?
+    .map(|(watch, common, config, generated)| ((watch, config, generated), common))?;
+    let (watch, config, generated) = watch;
+    let reloader = Reloader::spawn(watch, feed.status, config, generated, &common)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let worker = tokio::spawn(serve_worker(
         listeners,
@@ -382,8 +477,10 @@ async fn serve_worker(
     Ok(())
 }
 
-/// The thread that polls the store's generation (a small file read) and
-/// swaps in a new snapshot when it moves; requests never wait for it.
+/// The thread that follows the cluster: each snapshot is compiled off the
+/// request path and swapped in (requests never wait for it); when this
+/// replica leads, Ingresses whose status differs from the published
+/// address are written.
 struct Reloader {
     stop: Arc<std::sync::atomic::AtomicBool>,
     thread: std::thread::JoinHandle<()>,
@@ -391,26 +488,28 @@ struct Reloader {
 
 impl Reloader {
     fn spawn(
-        store: Store,
+        mut watch: Watch,
+        status: Option<StatusPublisher>,
         config: Config,
         generated: Arc<CertifiedKey>,
         common: &Common,
     ) -> Result<Reloader, IngressError> {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (snapshot, metrics) = (common.snapshot.clone(), common.metrics.clone());
+        let readiness = common.readiness.clone();
         let stopped = stop.clone();
         let thread = std::thread::Builder::new()
             .name("ingress-reload".into())
             .spawn(move || {
-                let mut generation = snapshot.load().generation;
-                while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
-                    std::thread::sleep(POLL_INTERVAL);
-                    if store.generation() == generation {
-                        continue;
-                    }
-                    let started = Instant::now();
-                    match load(&store, &config, &generated) {
-                        Ok(next) => {
+                let mut statuses: BTreeMap<(String, String), IngressLoadBalancerStatus> =
+                    BTreeMap::new();
+                let mut next_status = Instant::now();
+                let mut last_error: Option<String> = None;
+                watch.run(&stopped, &mut |event, source| {
+                    match event {
+                        WatchEvent::Snapshot(s) => {
+                            let started = Instant::now();
+                            let next = compile(s.revision, &s.state, &config, &generated);
                             tracing::info!(
                                 generation = next.generation,
                                 ingresses = next.routes.ingresses.len(),
@@ -418,21 +517,52 @@ impl Reloader {
                                     format_args!("{:.1}", started.elapsed().as_secs_f64() * 1000.0),
                                 "routes and certificates reloaded"
                             );
-                            generation = next.generation;
                             metrics.reloads.inc();
                             metrics
                                 .generation
-                                .set(i64::try_from(generation).unwrap_or(i64::MAX));
+                                .set(i64::try_from(next.generation).unwrap_or(i64::MAX));
                             snapshot.store(Arc::new(next));
+                            if let Some(p) = &status {
+                                statuses = pending(&s.state, &config.options.class, &p.publish);
+                                next_status = Instant::now();
+                            }
+                            if let Ok(mut r) = readiness.lock() {
+                                r.synced = true;
+                            }
                         }
-                        Err(err) => {
+                        WatchEvent::SourceFailed(err) => {
+                            let text = err.to_string();
+                            if last_error.as_deref() != Some(text.as_str()) {
+                                tracing::warn!(
+                                    "keeping the previous routes and certificates: {text}"
+                                );
+                            }
                             metrics.reload_failures.inc();
-                            tracing::warn!(%err, "keeping the previous routes and certificates");
-                            // Do not retry in a tight loop on a broken store.
-                            std::thread::sleep(Duration::from_millis(500));
+                            last_error = Some(text);
+                        }
+                        WatchEvent::Idle => {}
+                    }
+                    let source_status = source.status();
+                    if source_status.error.is_none() {
+                        last_error = None;
+                    }
+                    if let Ok(mut r) = readiness.lock() {
+                        r.error = source_status.error;
+                    }
+                    if let Some(p) = &status
+                        && Instant::now() >= next_status
+                    {
+                        next_status = Instant::now() + STATUS_INTERVAL;
+                        if p.leader.is_leader() {
+                            write_statuses(p, &mut statuses);
                         }
                     }
-                }
+                    if status.is_some() {
+                        next_status.saturating_duration_since(Instant::now())
+                    } else {
+                        Duration::from_secs(1)
+                    }
+                });
             })
             .map_err(IngressError::Runtime)?;
         Ok(Reloader { stop, thread })
@@ -442,6 +572,29 @@ impl Reloader {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let _ = self.thread.join();
     }
+}
+
+/// Writes the pending statuses; what fails stays pending for the next round.
+fn write_statuses(
+    publisher: &StatusPublisher,
+    pending: &mut BTreeMap<(String, String), IngressLoadBalancerStatus>,
+) {
+    pending.retain(|(ns, name), status| {
+        match publisher.writer.set_ingress_status(ns, name, status) {
+            Ok(()) => {
+                tracing::info!(
+                    ingress = %format!("{ns}/{name}"),
+                    leader = %publisher.leader.identity(),
+                    "status address written"
+                );
+                false
+            }
+            Err(err) => {
+                tracing::warn!(ingress = %format!("{ns}/{name}"), "cannot write the status: {err}");
+                true
+            }
+        }
+    });
 }
 
 /// Accepts connections until told to stop.
@@ -609,15 +762,36 @@ fn ops_answer(path: &str, registry: &Registry, shared: &Shared) -> Response<Body
     let (status, content_type, body) = match path {
         "/healthz" | "/readyz" => {
             let snapshot = shared.snapshot.load();
-            (
-                StatusCode::OK,
-                "text/plain; charset=utf-8",
-                format!(
-                    "ok: generation {}, {} Ingresses\n",
-                    snapshot.generation,
-                    snapshot.routes.ingresses.len()
-                ),
-            )
+            let (synced, source, error) = shared
+                .readiness
+                .lock()
+                .map(|r| (r.synced, r.source.clone(), r.error.clone()))
+                .unwrap_or_default();
+            let mut text = format!(
+                "ok: generation {}, {} Ingresses\n",
+                snapshot.generation,
+                snapshot.routes.ingresses.len()
+            );
+            if let Some(err) = &error {
+                text = format!(
+                    "{}; the source {source} is failing: {err}\n",
+                    text.trim_end()
+                );
+            }
+            if path == "/readyz" && !synced {
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain; charset=utf-8",
+                    format!(
+                        "not ready: no cluster state yet from {source}: {}\n",
+                        error
+                            .as_deref()
+                            .unwrap_or("waiting for every kind to be listed")
+                    ),
+                )
+            } else {
+                (StatusCode::OK, "text/plain; charset=utf-8", text)
+            }
         }
         "/metrics" => (
             StatusCode::OK,

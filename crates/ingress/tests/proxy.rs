@@ -212,9 +212,15 @@ async fn start(store: &Store, settings: Settings) -> Proxy {
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let store = store.clone();
     let task = tokio::spawn(async move {
-        podwire_ingress::server::serve(listeners, store, Config::default(), settings, async {
-            let _ = rx.await;
-        })
+        podwire_ingress::server::serve(
+            listeners,
+            podwire_ingress::server::Feed::files(store),
+            Config::default(),
+            settings,
+            async {
+                let _ = rx.await;
+            },
+        )
         .await
         .unwrap();
     });

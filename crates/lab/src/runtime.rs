@@ -26,9 +26,8 @@ use crate::paths::{LabPaths, netns_path};
 use crate::spawn::{self, Sandbox};
 
 /// The node's CNI configuration, as a runtime would find it in
-/// /etc/cni/net.d. Masquerade is the node agent's job (as with Flannel), so
-/// the plugin does not add its own; hairpin lets a pod reach itself through
-/// a Service.
+/// /etc/cni/net.d: the one the node agent installs on a real node
+/// (`podwire_cni::install`), with the lab's IPAM directory.
 pub fn write_conflist(paths: &LabPaths, node: &PlannedNode, routing: RoutingMode) -> Result<()> {
     // With VXLAN every pod packet pays the 50-byte overlay header, so pods
     // get the overlay device's MTU (as Flannel does) instead of learning it
@@ -37,33 +36,18 @@ pub fn write_conflist(paths: &LabPaths, node: &PlannedNode, routing: RoutingMode
         RoutingMode::Vxlan => UNDERLAY_MTU - podwire_routing::VXLAN_OVERHEAD,
         RoutingMode::HostGw => UNDERLAY_MTU,
     };
-    let conflist = json!({
-        "cniVersion": "1.1.0",
-        "name": "podnet",
-        "plugins": [{
-            "type": "podwire",
-            "bridge": "cni0",
-            "isGateway": true,
-            "isDefaultGateway": true,
-            "ipMasq": false,
-            "hairpinMode": true,
-            "mtu": mtu,
-            "capabilities": {"portMappings": true},
-            "ipam": {
-                "type": "podwire",
-                "ranges": [[{"subnet": node.pod_cidr.to_string()}]],
-                "dataDir": paths.ipam_dir(&node.name),
-            },
-        }],
-    });
+    let net = podwire_cni::install::NodeNetwork {
+        pod_cidrs: vec![node.pod_cidr],
+        mtu,
+        ipam_data_dir: Some(paths.ipam_dir(&node.name)),
+    };
     let path = paths.conflist(&node.name);
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| LabError::io(format!("cannot create {}", dir.display()), e))?;
-    }
-    let text =
-        serde_json::to_string_pretty(&conflist).map_err(|e| LabError::Failed(e.to_string()))?;
-    std::fs::write(&path, text)
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let text = serde_json::to_vec_pretty(&podwire_cni::install::conflist(&net))
+        .map_err(|e| LabError::Failed(e.to_string()))?;
+    std::fs::create_dir_all(dir)
+        .and_then(|()| podwire_cni::install::write_if_changed(&path, &text, 0o644))
+        .map(drop)
         .map_err(|e| LabError::io(format!("cannot write {}", path.display()), e))
 }
 

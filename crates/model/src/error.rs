@@ -213,3 +213,56 @@ impl ModelError {
         }
     }
 }
+
+/// Why a source could not deliver cluster state. The message says what
+/// failed and what to check; a component logs it, reports it in its
+/// status, and keeps what it already programmed.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The files store could not be read.
+    #[error("files source {dir}: {source}")]
+    Store {
+        dir: PathBuf,
+        #[source]
+        source: Box<ModelError>,
+    },
+
+    /// The API server did not answer (connection refused, timeout, TLS).
+    #[error(
+        "cannot reach the API server {server}: {reason}; check --api-server/--kubeconfig and that kube-apiserver is running and reachable from here"
+    )]
+    Unreachable { server: String, reason: String },
+
+    /// 401: the credentials are wrong or expired.
+    #[error(
+        "the API server {server} refused our credentials (401 Unauthorized): {reason}; the token may have expired or belong to a deleted ServiceAccount: renew it or fix the kubeconfig"
+    )]
+    Unauthorized { server: String, reason: String },
+
+    /// 403: RBAC does not allow what the component needs.
+    #[error(
+        "forbidden to {verb} {resource} (403): {reason}; the component's ClusterRole (deploy/podwire.yaml) must allow it"
+    )]
+    Forbidden {
+        verb: String,
+        resource: String,
+        reason: String,
+    },
+
+    /// Any other API error.
+    #[error("the API server answered {code} to {verb} {resource}: {reason}")]
+    Api {
+        verb: String,
+        resource: String,
+        code: u16,
+        reason: String,
+    },
+
+    /// No usable client configuration (kubeconfig, in-cluster files).
+    #[error("cannot configure the Kubernetes client: {reason}")]
+    Config { reason: String },
+
+    /// The source's background work ended.
+    #[error("the {what} source stopped: {reason}")]
+    Stopped { what: String, reason: String },
+}

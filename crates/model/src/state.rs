@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::{
     Deployment, EndpointSlice, Ingress, IngressClass, Kind, Namespace, Node, Object, Pod, Secret,
@@ -63,40 +64,88 @@ pub struct ClusterState {
     pub ingress_classes: BTreeMap<String, IngressClass>,
 }
 
+/// The annotation a node agent publishes its VXLAN device's MAC in (on its
+/// own Node, as Flannel's `flannel.alpha.coreos.com/backend-data`).
+pub const VTEP_MAC_ANNOTATION: &str = "podwire.io/vtep-mac";
+/// The annotation a node agent publishes its underlay address in (the
+/// VXLAN tunnel's outer address; Flannel's `public-ip`).
+pub const PUBLIC_IP_ANNOTATION: &str = "podwire.io/public-ip";
+
 /// One node as the routing agent sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeInfo {
     pub name: String,
-    /// From status.addresses, type InternalIP.
+    /// From status.addresses, type InternalIP (IPv4 first).
     pub internal_ip: IpAddr,
-    /// From spec.podCIDR.
+    /// The node's IPv4 pod slice if it has one (spec.podCIDRs, else
+    /// spec.podCIDR), else its first.
     pub pod_cidr: IpNet,
+    /// Every pod slice (spec.podCIDRs: one per IP family).
+    pub pod_cidrs: Vec<IpNet>,
+    /// The VXLAN MAC its agent published, if any.
+    pub vtep_mac: Option<[u8; 6]>,
+    /// The underlay address its agent published, if any.
+    pub public_ip: Option<IpAddr>,
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff`.
+pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = text.trim().split(':');
+    for byte in &mut mac {
+        *byte = u8::from_str_radix(parts.next()?, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
 }
 
 impl NodeInfo {
     /// The NodeInfo of one Node, or None when it lacks an InternalIP or a
-    /// parseable podCIDR (a node not yet ready for routing).
+    /// parseable pod slice (a node not yet ready for routing).
     pub fn from_node(node: &Node) -> Option<NodeInfo> {
         let name = node.metadata.name.clone()?;
-        let internal_ip = node
+        let addresses: Vec<IpAddr> = node
             .status
             .as_ref()?
             .addresses
             .as_ref()?
             .iter()
             .filter(|a| a.type_ == "InternalIP")
-            .find_map(|a| a.address.parse::<IpAddr>().ok())?;
-        let pod_cidr = node
-            .spec
-            .as_ref()?
-            .pod_cidr
-            .as_ref()?
-            .parse::<IpNet>()
-            .ok()?;
+            .filter_map(|a| a.address.parse::<IpAddr>().ok())
+            .collect();
+        let internal_ip = addresses
+            .iter()
+            .find(|ip| ip.is_ipv4())
+            .or(addresses.first())
+            .copied()?;
+        let spec = node.spec.as_ref()?;
+        let mut pod_cidrs: Vec<IpNet> = spec
+            .pod_cidrs
+            .iter()
+            .flatten()
+            .filter_map(|c| c.parse::<IpNet>().ok())
+            .collect();
+        if pod_cidrs.is_empty() {
+            pod_cidrs.extend(spec.pod_cidr.as_ref().and_then(|c| c.parse::<IpNet>().ok()));
+        }
+        let pod_cidr = pod_cidrs
+            .iter()
+            .find(|n| matches!(n, IpNet::V4(_)))
+            .or(pod_cidrs.first())
+            .copied()?;
+        let annotation = |key: &str| {
+            node.metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(key))
+                .map(String::as_str)
+        };
         Some(NodeInfo {
             name,
             internal_ip,
             pod_cidr,
+            pod_cidrs,
+            vtep_mac: annotation(VTEP_MAC_ANNOTATION).and_then(parse_mac),
+            public_ip: annotation(PUBLIC_IP_ANNOTATION).and_then(|t| t.trim().parse().ok()),
         })
     }
 }
@@ -142,6 +191,46 @@ impl ClusterState {
             Object::IngressClass(o) => {
                 self.ingress_classes.insert(key.1, o);
             }
+        }
+    }
+
+    /// Stores the object and says whether that changed anything: a new
+    /// object, or one whose resourceVersion (when both carry one) or
+    /// content differs from the stored one.
+    pub fn apply(&mut self, object: Object) -> bool {
+        let key = (object.namespace(), object.name());
+        match object {
+            Object::Namespace(o) => upsert(&mut self.namespaces, key.1, o),
+            Object::Node(o) => upsert(&mut self.nodes, key.1, o),
+            Object::Pod(o) => upsert(&mut self.pods, key, o),
+            Object::Service(o) => upsert(&mut self.services, key, o),
+            Object::EndpointSlice(o) => upsert(&mut self.endpoint_slices, key, o),
+            Object::Deployment(o) => upsert(&mut self.deployments, key, o),
+            Object::Ingress(o) => upsert(&mut self.ingresses, key, o),
+            Object::Secret(o) => upsert(&mut self.secrets, key, o),
+            Object::IngressClass(o) => upsert(&mut self.ingress_classes, key.1, o),
+        }
+    }
+
+    /// The (namespace, name) keys of every stored object of a kind
+    /// (namespace "" for cluster-scoped kinds).
+    pub fn keys(&self, kind: Kind) -> Vec<(String, String)> {
+        fn scoped<T>(map: &BTreeMap<(String, String), T>) -> Vec<(String, String)> {
+            map.keys().cloned().collect()
+        }
+        fn cluster<T>(map: &BTreeMap<String, T>) -> Vec<(String, String)> {
+            map.keys().map(|n| (String::new(), n.clone())).collect()
+        }
+        match kind {
+            Kind::Namespace => cluster(&self.namespaces),
+            Kind::Node => cluster(&self.nodes),
+            Kind::Pod => scoped(&self.pods),
+            Kind::Service => scoped(&self.services),
+            Kind::EndpointSlice => scoped(&self.endpoint_slices),
+            Kind::Deployment => scoped(&self.deployments),
+            Kind::Ingress => scoped(&self.ingresses),
+            Kind::Secret => scoped(&self.secrets),
+            Kind::IngressClass => cluster(&self.ingress_classes),
         }
     }
 
@@ -209,6 +298,32 @@ impl ClusterState {
                 .map(Object::IngressClass),
         );
         out
+    }
+}
+
+/// Inserts or replaces; true when the map changed. Equal non-empty
+/// resourceVersions mean the same object (the API's promise), so the
+/// common case of a relist finding nothing new costs no deep comparison.
+fn upsert<K: Ord, T>(map: &mut BTreeMap<K, T>, key: K, value: T) -> bool
+where
+    T: k8s_openapi::Metadata<Ty = ObjectMeta> + PartialEq,
+{
+    match map.get_mut(&key) {
+        Some(old) => {
+            let same_version = matches!(
+                (&old.metadata().resource_version, &value.metadata().resource_version),
+                (Some(a), Some(b)) if a == b && !a.is_empty()
+            );
+            if same_version || *old == value {
+                return false;
+            }
+            *old = value;
+            true
+        }
+        None => {
+            map.insert(key, value);
+            true
+        }
     }
 }
 

@@ -1,51 +1,68 @@
-//! `podwire agent`: the per-node agent, one process running the routing
-//! loop and the service proxy side by side (two threads in the node's
-//! network namespace), and `podwire agent plan`, the dry run of both.
+//! `podwire agent`: the per-node agent. One loop over the cluster's
+//! snapshots (from the files store or the Kubernetes API) drives the
+//! routing part and the service proxy in the node's network namespace, and
+//! optionally installs the CNI plugin and the node's conflist once its pod
+//! slice is known. `podwire agent plan` prints what both would program.
 //!
-//! `--status-file F` reports both as one: the routing loop writes
-//! `F.routing`, the proxy reports in memory, and a small reporter thread
-//! writes F with the lower generation of the two and `ok` only when both
-//! are, so whoever waits on F (the lab) knows routes AND service rules are
-//! in place.
+//! `--status-file F` reports both as one (the snapshot's revision, `ok`
+//! only when both are), so whoever waits on F (the lab) knows routes AND
+//! service rules are in place; `/readyz` on the health port says the same
+//! to a kubelet.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use clap::{Args, Subcommand};
+use clap::{Args, Subcommand, ValueEnum};
 use ipnet::IpNet;
-use podwire_proxy::{ProxyOptions, ProxyStatus};
-use podwire_routing::{AgentOptions, AgentStatus};
+use podwire_model::{ClusterState, ClusterWriter, Kind, RoutingMode, Snapshot, Watch, WatchEvent};
+use podwire_proxy::{ProxyOptions, ProxyStatus, ServiceProxy};
+use podwire_routing::{AgentOptions, AgentStatus, RoutingAgent};
+use podwire_source::{ClusterSettings, KubeWriter};
+
+use crate::source::{SourceArgs, first_snapshot};
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Routing {
+    Vxlan,
+    HostGw,
+}
 
 #[derive(Args)]
 pub struct AgentArgs {
-    /// This node's name (its Node object).
-    #[arg(long, global = true)]
+    #[command(flatten)]
+    source: SourceArgs,
+    /// This node's name (its Node object). Default: $NODE_NAME.
+    #[arg(long, global = true, env = "NODE_NAME")]
     node: Option<String>,
-    /// Where cluster state comes from: `files:DIR` (a lab's store).
-    #[arg(long, global = true)]
-    source: Option<String>,
     /// The underlay interface holding the node's address.
     #[arg(long, global = true, default_value = "eth0")]
     iface: String,
     /// The underlay MTU (default: read from the interface).
     #[arg(long, global = true)]
     underlay_mtu: Option<u32>,
-    /// Pod ranges besides the cluster's (e.g. the IPv6 range of a
-    /// dual-stack cluster): traffic from them is "from pods" for the proxy.
+    /// The cluster's pod ranges. With --source kube the first is the
+    /// cluster's pod range (required); with a files store they are ranges
+    /// besides the store's (e.g. the IPv6 range of a dual-stack cluster).
+    /// Traffic from them is "from pods" for the proxy.
     #[arg(long = "cluster-cidr", global = true, value_delimiter = ',')]
     cluster_cidrs: Vec<IpNet>,
-    /// Service ranges besides the cluster's.
+    /// The cluster's service ranges. With --source kube the first is the
+    /// service range (default: from the API's ServiceCIDR objects).
     #[arg(long = "service-cidr", global = true, value_delimiter = ',')]
     service_cidrs: Vec<IpNet>,
+    /// How nodes reach each other's pods with --source kube (a files store
+    /// says it in its config).
+    #[arg(long, global = true, value_enum, default_value = "vxlan")]
+    routing: Routing,
     /// Also serve node ports on 127.0.0.1 (sets route_localnet, as
     /// kube-proxy's iptables mode does).
     #[arg(long, global = true)]
     nodeport_localhost: bool,
-    /// Where `/healthz` listens ("off" to disable).
+    /// Where `/healthz` and `/readyz` listen ("off" to disable).
     #[arg(long, default_value = "0.0.0.0:10256")]
     healthz_bind: String,
     /// Where `/metrics` listens ("off" to disable).
@@ -57,6 +74,14 @@ pub struct AgentArgs {
     /// Run only the service proxy (no routes, no VXLAN, no masquerade).
     #[arg(long)]
     no_routing: bool,
+    /// Install the CNI plugin (this binary) into --cni-bin-dir and write
+    /// the node's conflist into --cni-conf-dir once its pod slice is known.
+    #[arg(long)]
+    install_cni: bool,
+    #[arg(long, default_value = "/opt/cni/bin")]
+    cni_bin_dir: PathBuf,
+    #[arg(long, default_value = "/etc/cni/net.d")]
+    cni_conf_dir: PathBuf,
     /// Apply once and exit.
     #[arg(long)]
     once: bool,
@@ -78,23 +103,25 @@ enum AgentAction {
     Cleanup,
 }
 
-fn source_dir(args: &AgentArgs) -> Result<PathBuf> {
-    crate::source_dir(args.source.as_deref())
-}
-
 fn node(args: &AgentArgs) -> Result<String> {
     match &args.node {
         Some(n) => Ok(n.clone()),
-        None => bail!("--node NAME is required"),
+        None => bail!("--node NAME (or $NODE_NAME) is required"),
     }
 }
 
+fn kube_mode(args: &AgentArgs) -> Result<bool> {
+    Ok(matches!(
+        args.source.choice()?,
+        crate::source::Choice::Kube(_)
+    ))
+}
+
 fn routing_options(args: &AgentArgs) -> Result<AgentOptions> {
-    let mut opts = AgentOptions::new(node(args)?, source_dir(args)?);
+    let mut opts = AgentOptions::new(node(args)?);
     opts.underlay_device = args.iface.clone();
     opts.underlay_mtu = args.underlay_mtu;
-    opts.once = args.once;
-    opts.status_file = args.status_file.clone();
+    opts.require_published_vtep = kube_mode(args)?;
     Ok(opts)
 }
 
@@ -108,177 +135,279 @@ fn bind(text: &str, flag: &str) -> Result<Option<SocketAddr>> {
 }
 
 fn proxy_options(args: &AgentArgs) -> Result<ProxyOptions> {
-    let mut opts = ProxyOptions::new(node(args)?, source_dir(args)?);
+    let mut opts = ProxyOptions::new(node(args)?);
     opts.extra_pod_cidrs = args.cluster_cidrs.clone();
     opts.extra_service_cidrs = args.service_cidrs.clone();
     opts.localhost_nodeports = args.nodeport_localhost;
     opts.healthz_bind = bind(&args.healthz_bind, "--healthz-bind")?;
     opts.metrics_bind = bind(&args.metrics_bind, "--metrics-bind")?;
-    opts.once = args.once;
     Ok(opts)
+}
+
+/// The cluster settings a real cluster keeps out of the API.
+fn cluster_settings(args: &AgentArgs) -> Result<ClusterSettings> {
+    let settings = ClusterSettings {
+        cluster_cidr: args.cluster_cidrs.first().copied(),
+        service_cidr: args.service_cidrs.first().copied(),
+        routing: match args.routing {
+            Routing::Vxlan => RoutingMode::Vxlan,
+            Routing::HostGw => RoutingMode::HostGw,
+        },
+        ..ClusterSettings::default()
+    };
+    if kube_mode(args)? && settings.cluster_cidr.is_none() && !args.no_routing {
+        bail!(
+            "--source kube needs --cluster-cidr (the cluster's pod range, e.g. 10.244.0.0/16): \
+             the agent masquerades what leaves it and routes what is inside it"
+        );
+    }
+    Ok(settings)
+}
+
+fn open_watch(args: &AgentArgs) -> Result<(Watch, Option<Arc<dyn ClusterWriter>>)> {
+    let mut interest = podwire_routing::interest();
+    if !args.no_proxy {
+        interest = interest.union(&podwire_proxy::interest());
+    }
+    let (source, kube) = args.source.open(&interest, cluster_settings(args)?)?;
+    let writer = kube.map(|k| Arc::new(KubeWriter::new(&k)) as Arc<dyn ClusterWriter>);
+    Ok((Watch::new(source, &interest), writer))
 }
 
 pub fn run(args: AgentArgs) -> Result<()> {
     match args.action {
         Some(AgentAction::Plan) => {
+            let (mut watch, _) = open_watch(&args)?;
+            let snapshot = first_snapshot(&mut watch)?;
             if !args.no_routing {
-                print!("{}", podwire_routing::plan_for(&routing_options(&args)?)?);
+                print!(
+                    "{}",
+                    podwire_routing::plan_for(&routing_options(&args)?, &snapshot.state)?
+                );
             }
             if !args.no_proxy {
-                print!("{}", podwire_proxy::plan_for(&proxy_options(&args)?)?);
+                print!(
+                    "{}",
+                    podwire_proxy::plan_for(&proxy_options(&args)?, &snapshot.state)
+                );
             }
             Ok(())
         }
         Some(AgentAction::Cleanup) => Ok(podwire_proxy::engine::delete_table()?),
-        None if args.no_proxy => Ok(podwire_routing::run_agent(routing_options(&args)?)?),
-        None => run_both(&args),
+        None => run_agent(&args),
     }
 }
 
-/// The combined status of the two loops.
-fn combine(routing: Option<&AgentStatus>, proxy: Option<&ProxyStatus>) -> Option<AgentStatus> {
-    let (r, p) = (routing?, proxy?);
+/// Installs the CNI binary once and the node's conflist whenever its pod
+/// slices (or the pods' MTU) change.
+struct CniInstaller {
+    bin_dir: PathBuf,
+    conf_dir: PathBuf,
+    node: String,
+    binary_done: bool,
+    installed: Option<podwire_cni::install::NodeNetwork>,
+}
+
+impl CniInstaller {
+    fn update(&mut self, state: &ClusterState, underlay_mtu: u32) {
+        if !self.binary_done {
+            match std::env::current_exe()
+                .and_then(|exe| podwire_cni::install::install_binary(&exe, &self.bin_dir))
+            {
+                Ok(_) => {
+                    tracing::info!(dir = %self.bin_dir.display(), "CNI plugin installed");
+                    self.binary_done = true;
+                }
+                Err(e) => {
+                    tracing::warn!(dir = %self.bin_dir.display(), "cannot install the CNI plugin: {e}")
+                }
+            }
+        }
+        let Some(info) = state
+            .nodes
+            .get(&self.node)
+            .and_then(podwire_model::NodeInfo::from_node)
+        else {
+            tracing::debug!(node = %self.node, "no pod slice yet: conflist not written");
+            return;
+        };
+        let mtu = match state.config.as_ref().map(|c| c.routing) {
+            Some(RoutingMode::HostGw) => underlay_mtu,
+            _ => underlay_mtu.saturating_sub(podwire_routing::VXLAN_OVERHEAD),
+        };
+        let net = podwire_cni::install::NodeNetwork {
+            pod_cidrs: info.pod_cidrs,
+            mtu,
+            ipam_data_dir: None,
+        };
+        if self.installed.as_ref() == Some(&net) {
+            return;
+        }
+        match podwire_cni::install::install_conflist(&self.conf_dir, &net) {
+            Ok(_) => {
+                tracing::info!(
+                    path = %self.conf_dir.join(podwire_cni::install::CONFLIST_FILE).display(),
+                    slices = ?net.pod_cidrs.iter().map(|c| c.to_string()).collect::<Vec<_>>(),
+                    "CNI configuration written"
+                );
+                self.installed = Some(net);
+            }
+            Err(e) => {
+                tracing::warn!(dir = %self.conf_dir.display(), "cannot write the CNI configuration: {e}")
+            }
+        }
+    }
+}
+
+/// The combined status of the two parts (each present only when it runs).
+fn combine(routing: Option<&AgentStatus>, proxy: Option<&ProxyStatus>) -> AgentStatus {
     let mut errors = Vec::new();
-    if let Some(e) = &r.error {
+    if let Some(e) = routing.and_then(|r| r.error.as_ref()) {
         errors.push(format!("routing: {e}"));
     }
-    if let Some(e) = &p.error {
+    if let Some(e) = proxy.and_then(|p| p.error.as_ref()) {
         errors.push(format!("service proxy: {e}"));
     }
-    Some(AgentStatus {
-        generation: r.generation.min(p.generation),
-        ok: r.ok && p.ok,
+    let generations = routing
+        .map(|r| r.generation)
+        .into_iter()
+        .chain(proxy.map(|p| p.generation));
+    AgentStatus {
+        generation: generations.min().unwrap_or(0),
+        ok: routing.is_none_or(|r| r.ok) && proxy.is_none_or(|p| p.ok),
         error: (!errors.is_empty()).then(|| errors.join("; ")),
-    })
+    }
 }
 
-fn write_status(path: &Path, status: &AgentStatus) {
-    let Ok(body) = serde_json::to_vec(status) else {
-        return;
+fn underlay_mtu(args: &AgentArgs) -> u32 {
+    if let Some(mtu) = args.underlay_mtu {
+        return mtu;
+    }
+    podwire_kernel::Netlink::new()
+        .ok()
+        .and_then(|mut nl| nl.link_by_name(&args.iface).ok().flatten())
+        .map(|l| l.mtu)
+        .filter(|m| *m > 0)
+        .unwrap_or(1500)
+}
+
+fn run_agent(args: &AgentArgs) -> Result<()> {
+    let (mut watch, writer) = open_watch(args)?;
+    let mut routing = if args.no_routing {
+        None
+    } else {
+        Some(RoutingAgent::new(routing_options(args)?, writer)?)
     };
-    let tmp = path.with_extension("tmp-combined");
-    if std::fs::write(&tmp, body)
-        .and_then(|_| std::fs::rename(&tmp, path))
-        .is_err()
-    {
-        tracing::warn!(path = %path.display(), "cannot write the agent status file");
-    }
-}
-
-fn routing_status_path(file: &Path) -> PathBuf {
-    let mut name = file.as_os_str().to_owned();
-    name.push(".routing");
-    PathBuf::from(name)
-}
-
-fn run_both(args: &AgentArgs) -> Result<()> {
-    let mut ropts = routing_options(args)?;
-    let popts = proxy_options(args)?;
-    let status_file = args.status_file.clone();
-    if let Some(f) = &status_file {
-        ropts.status_file = Some(routing_status_path(f));
-    }
-    let proxy_status: Arc<Mutex<Option<ProxyStatus>>> = Arc::new(Mutex::new(None));
-    let no_routing = args.no_routing;
+    let mut proxy = if args.no_proxy {
+        None
+    } else {
+        Some(ServiceProxy::new(proxy_options(args)?, !args.once)?)
+    };
+    let mut cni = args.install_cni.then(|| CniInstaller {
+        bin_dir: args.cni_bin_dir.clone(),
+        conf_dir: args.cni_conf_dir.clone(),
+        node: args.node.clone().unwrap_or_default(),
+        binary_done: false,
+        installed: None,
+    });
+    let mtu = underlay_mtu(args);
+    let mut on_snapshot =
+        |s: &Snapshot, routing: &mut Option<RoutingAgent>, proxy: &mut Option<ServiceProxy>| {
+            if let Some(r) = routing.as_mut() {
+                let _ = r.reconcile(s);
+            }
+            if let Some(p) = proxy.as_mut() {
+                let _ = p.reconcile(s);
+            }
+            if let Some(c) = cni.as_mut()
+                && (s.changed.touches(Kind::Node) || c.installed.is_none())
+            {
+                c.update(&s.state, mtu);
+            }
+        };
+    let status = |routing: &Option<RoutingAgent>, proxy: &Option<ServiceProxy>| {
+        combine(
+            routing.as_ref().and_then(|r| r.status()),
+            proxy.as_ref().and_then(|p| p.status()),
+        )
+    };
 
     if args.once {
-        if !no_routing {
-            podwire_routing::run_agent(ropts)?;
+        let snapshot = first_snapshot(&mut watch)?;
+        on_snapshot(&snapshot, &mut routing, &mut proxy);
+        let s = status(&routing, &proxy);
+        if let Some(f) = &args.status_file {
+            s.write(f);
         }
-        let ps = proxy_status.clone();
-        let stop = AtomicBool::new(false);
-        podwire_proxy::run_proxy_until(&popts, &stop, &move |s: &ProxyStatus| {
-            if let Ok(mut slot) = ps.lock() {
-                *slot = Some(s.clone());
-            }
-        })?;
-        if let Some(f) = &status_file {
-            let routing = routing_file_status(&routing_status_path(f), no_routing, &proxy_status);
-            let proxy = proxy_status.lock().ok().and_then(|s| s.clone());
-            if let Some(s) = combine(routing.as_ref(), proxy.as_ref()) {
-                write_status(f, &s);
-            }
+        if let Some(e) = s.error {
+            bail!("{e}");
         }
         return Ok(());
     }
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let proxy = {
-        let stop = stop.clone();
-        let ps = proxy_status.clone();
-        std::thread::Builder::new()
-            .name("proxy".into())
-            .spawn(move || {
-                let result =
-                    podwire_proxy::run_proxy_until(&popts, &stop, &move |s: &ProxyStatus| {
-                        if let Ok(mut slot) = ps.lock() {
-                            *slot = Some(s.clone());
-                        }
-                    });
-                stop.store(true, Ordering::Relaxed);
-                result
-            })
-            .context("cannot start the service proxy thread")?
-    };
-    let reporter = status_file.map(|file| {
-        let stop = stop.clone();
-        let ps = proxy_status.clone();
-        std::thread::spawn(move || {
-            let mut last: Option<AgentStatus> = None;
-            let routing_file = routing_status_path(&file);
-            while !stop.load(Ordering::Relaxed) {
-                let routing = routing_file_status(&routing_file, no_routing, &ps);
-                let proxy = ps.lock().ok().and_then(|s| s.clone());
-                if let Some(s) = combine(routing.as_ref(), proxy.as_ref())
-                    && last.as_ref() != Some(&s)
-                {
-                    write_status(&file, &s);
-                    last = Some(s);
+    let stop = AtomicBool::new(false);
+    let mut last: Option<AgentStatus> = None;
+    watch.run(&stop, &mut |event, source| {
+        match event {
+            WatchEvent::Snapshot(s) => on_snapshot(&s, &mut routing, &mut proxy),
+            WatchEvent::SourceFailed(err) => {
+                if let Some(r) = routing.as_mut() {
+                    r.source_failed(&err);
                 }
-                std::thread::sleep(Duration::from_millis(10));
+                if let Some(p) = proxy.as_mut() {
+                    p.source_failed(&err);
+                }
             }
-        })
-    });
-    let routing_result = if no_routing {
-        while !stop.load(Ordering::Relaxed) {
-            std::thread::sleep(Duration::from_millis(100));
+            WatchEvent::Idle => {}
         }
-        Ok(())
-    } else {
-        let r = podwire_routing::run_agent_until(&ropts, &stop);
-        stop.store(true, Ordering::Relaxed);
-        r
-    };
-    let proxy_result = proxy
-        .join()
-        .map_err(|_| anyhow::anyhow!("the service proxy thread panicked"))?;
-    if let Some(r) = reporter {
-        let _ = r.join();
-    }
-    routing_result?;
-    proxy_result?;
+        let source_status = source.status();
+        let mut s = status(&routing, &proxy);
+        if s.error.is_none()
+            && let Some(e) = &source_status.error
+        {
+            s.error = Some(format!("cluster state: {e}"));
+        }
+        let synced = routing
+            .as_ref()
+            .map(|r| r.status().is_some())
+            .into_iter()
+            .chain(proxy.as_ref().map(|p| p.status().is_some()))
+            .all(|x| x);
+        if let Some(p) = proxy.as_ref() {
+            p.set_extra_metrics(source_status.render_metrics("podwire_agent_source"));
+            let not_ready = if !synced {
+                Some(format!(
+                    "no cluster state yet from {}{}",
+                    source.describe(),
+                    source_status
+                        .error
+                        .as_ref()
+                        .map(|e| format!(": {e}"))
+                        .unwrap_or_default()
+                ))
+            } else if !s.ok {
+                s.error.clone()
+            } else {
+                None
+            };
+            p.set_not_ready(not_ready);
+        }
+        if synced && last.as_ref() != Some(&s) {
+            if let Some(f) = &args.status_file {
+                s.write(f);
+            }
+            last = Some(s);
+        }
+        let mut wait = Duration::from_secs(1);
+        if let Some(r) = routing.as_mut() {
+            wait = wait.min(r.tick());
+        }
+        if let Some(p) = proxy.as_mut() {
+            wait = wait.min(p.tick());
+        }
+        wait
+    });
     Ok(())
-}
-
-/// The routing loop's last status (from its file); with `--no-routing`
-/// the proxy's generation stands in for it.
-fn routing_file_status(
-    path: &Path,
-    no_routing: bool,
-    proxy: &Mutex<Option<ProxyStatus>>,
-) -> Option<AgentStatus> {
-    if no_routing {
-        return proxy.lock().ok().and_then(|p| {
-            p.as_ref().map(|p| AgentStatus {
-                generation: p.generation,
-                ok: true,
-                error: None,
-            })
-        });
-    }
-    std::fs::read(path)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
 }
 
 #[cfg(test)]
@@ -302,17 +431,13 @@ mod tests {
     }
 
     #[test]
-    fn combined_status_waits_for_both_and_names_the_failing_part() {
-        assert_eq!(combine(None, Some(&p(3, true))), None);
-        assert_eq!(combine(Some(&r(3, true)), None), None);
-        let s = combine(Some(&r(5, true)), Some(&p(4, true))).unwrap();
+    fn combined_status_names_the_failing_part() {
+        let s = combine(Some(&r(5, true)), Some(&p(4, true)));
         assert_eq!((s.generation, s.ok), (4, true));
-        let s = combine(Some(&r(5, true)), Some(&p(5, false))).unwrap();
+        let s = combine(Some(&r(5, true)), Some(&p(5, false)));
         assert!(!s.ok);
         assert_eq!(s.error.as_deref(), Some("service proxy: no table"));
-        assert_eq!(
-            routing_status_path(Path::new("/x/node01.status")),
-            PathBuf::from("/x/node01.status.routing")
-        );
+        let s = combine(None, Some(&p(7, true)));
+        assert_eq!((s.generation, s.ok), (7, true), "routing off");
     }
 }

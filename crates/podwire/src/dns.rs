@@ -5,15 +5,17 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
-use podwire_dns::{CacheConfig, PodMode, Server, ServerConfig, ZoneOptions};
+use podwire_dns::{CacheConfig, PodMode, Server, ServerConfig, ZoneFacts, ZoneOptions};
+use podwire_source::ClusterSettings;
+
+use crate::source::{Choice, SourceArgs};
 
 #[derive(Args)]
 pub struct DnsArgs {
-    /// Where cluster state comes from: `files:DIR` (a lab's store).
-    #[arg(long, global = true)]
-    source: Option<String>,
+    #[command(flatten)]
+    source: SourceArgs,
     /// The cluster domain (default: the source's clusterDomain, else cluster.local).
     #[arg(long, global = true)]
     zone: Option<String>,
@@ -84,30 +86,54 @@ fn optional_addr(flag: &str, value: &str) -> Result<Option<SocketAddr>> {
         .with_context(|| format!("--{flag} {value:?}: expected IP:PORT or off"))
 }
 
+/// How long `dns plan` waits for every kind to be listed.
+const PLAN_WAIT: Duration = Duration::from_secs(30);
+
 pub fn run(args: DnsArgs) -> Result<()> {
-    let store = crate::source_dir(args.source.as_deref())?;
     let zone = ZoneOptions {
         zone: args.zone.clone(),
         ttl: args.ttl,
         pods: args.pods,
     };
+    let settings = ClusterSettings {
+        cluster_domain: args
+            .zone
+            .clone()
+            .unwrap_or_else(|| podwire_dns::DEFAULT_ZONE.into()),
+        ..ClusterSettings::default()
+    };
+    let (mut source, _) = args
+        .source
+        .open(&podwire_dns::server::interest(), settings)?;
     if let Some(DnsAction::Plan) = args.action {
-        let loaded = podwire_dns::source::load(&podwire_model::Store::open(&store), &zone)?;
-        println!(
-            "; podwire dns plan: {} (generation {}, {} objects read)",
-            store.display(),
-            loaded.generation,
-            loaded.objects
-        );
-        if loaded.generation == 0 {
-            println!(
-                "; the store has no generation yet: the server would answer SERVFAIL for the zone"
-            );
+        let mut facts = ZoneFacts::new(zone.pods == PodMode::Verified);
+        let deadline = std::time::Instant::now() + PLAN_WAIT;
+        let mut revision = 0;
+        let mut objects = 0usize;
+        while !facts.synced() {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                bail!(
+                    "no complete cluster state from {} within {PLAN_WAIT:?} (a files store needs generation 1 or more)",
+                    source.describe()
+                );
+            }
+            if let Some(update) = source.next(left)? {
+                revision = update.revision;
+                objects += update.changes.len();
+                for change in update.changes {
+                    facts.apply(change);
+                }
+            }
         }
-        for reason in &loaded.skipped {
+        println!(
+            "; podwire dns plan: {} (revision {revision}, {objects} changes read)",
+            source.describe()
+        );
+        for reason in facts.skipped() {
             println!("; left out: {reason}");
         }
-        print!("{}", loaded.zone);
+        print!("{}", facts.build(&zone, revision as u32));
         return Ok(());
     }
     let upstreams = if args.upstreams.is_empty() {
@@ -118,7 +144,11 @@ pub fn run(args: DnsArgs) -> Result<()> {
             .map(|u| podwire_dns::resolv::parse_upstream(u))
             .collect::<Result<Vec<_>, _>>()?
     };
-    let mut config = ServerConfig::new(store);
+    let mut config = ServerConfig::new(PathBuf::new());
+    config.store = match args.source.choice()? {
+        Choice::Files(dir) => Some(dir),
+        Choice::Kube(_) => None,
+    };
     config.listen = args.listen;
     config.zone = zone;
     config.hosts = args.hosts;
@@ -134,7 +164,7 @@ pub fn run(args: DnsArgs) -> Result<()> {
     config.ready_listen = optional_addr("ready-listen", &args.ready_listen)?;
     config.metrics_listen = optional_addr("metrics-listen", &args.metrics_listen)?;
     config.workers = args.workers;
-    let server = Server::start(config)?;
+    let server = Server::start_with_source(config, source)?;
     server.wait();
     Ok(())
 }

@@ -3,21 +3,25 @@
 //! would serve.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use podwire_ingress::certs::SecretRef;
 use podwire_ingress::proxy::Settings;
-use podwire_ingress::server::{Config, Listen};
+use podwire_ingress::server::{Config, Feed, Listen, StatusPublisher};
+use podwire_ingress::status::Publish;
 use podwire_ingress::{BackendRef, CompileOptions, DEFAULT_CLASS};
-use podwire_model::Store;
+use podwire_model::{ClusterWriter, Leadership, Watch};
+use podwire_source::{ClusterSettings, KubeWriter, LeaderElection, LeaseSettings};
+
+use crate::source::{SourceArgs, first_snapshot};
 
 #[derive(Args)]
 pub struct IngressArgs {
-    /// Where cluster state comes from: `files:DIR` (a lab's store).
-    #[arg(long, global = true)]
-    source: Option<String>,
+    #[command(flatten)]
+    source: SourceArgs,
     /// An IngressClass name served even without an IngressClass object
     /// (classes whose controller is podwire.io/ingress are always served).
     #[arg(long, global = true, default_value = DEFAULT_CLASS)]
@@ -58,6 +62,24 @@ pub struct IngressArgs {
     /// Largest request head accepted, in bytes (larger: 431).
     #[arg(long, default_value_t = 32 * 1024)]
     max_header_bytes: usize,
+    /// With --source kube: write each Ingress's status.loadBalancer from
+    /// this Service's address (NAMESPACE/NAME), as ingress-nginx does.
+    #[arg(long)]
+    publish_service: Option<String>,
+    /// With --source kube: write these addresses (IPs or host names,
+    /// comma-separated) into each Ingress's status instead.
+    #[arg(long, value_delimiter = ',')]
+    publish_status_address: Vec<String>,
+    /// The namespace of the leader-election Lease (default: $POD_NAMESPACE,
+    /// else ingress-podwire).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "ingress-podwire")]
+    election_namespace: String,
+    /// The leader-election Lease's name.
+    #[arg(long, default_value = "podwire-ingress-leader")]
+    election_id: String,
+    /// This replica's identity in the Lease (default: $POD_NAME, else the host name).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
     /// Time in-flight requests get to finish on SIGTERM, e.g. 10s.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     shutdown_grace: Duration,
@@ -99,12 +121,37 @@ fn address(flag: &str, text: &str) -> Result<Option<SocketAddr>> {
         .with_context(|| format!("--{flag} {text:?}: expected ADDRESS:PORT or off"))
 }
 
+fn publish(args: &IngressArgs) -> Result<Option<Publish>> {
+    match (
+        &args.publish_service,
+        args.publish_status_address.is_empty(),
+    ) {
+        (Some(_), false) => {
+            anyhow::bail!("--publish-service and --publish-status-address exclude each other")
+        }
+        (Some(text), true) => Publish::service(text)
+            .map(Some)
+            .with_context(|| format!("--publish-service {text:?}: expected NAMESPACE/NAME")),
+        (None, false) => Ok(Some(Publish::Addresses(
+            args.publish_status_address.clone(),
+        ))),
+        (None, true) => Ok(None),
+    }
+}
+
+fn identity(args: &IngressArgs) -> String {
+    args.identity.clone().unwrap_or_else(|| {
+        nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| format!("podwire-ingress-{}", std::process::id()))
+    })
+}
+
 pub fn run(args: IngressArgs) -> Result<()> {
-    let dir = crate::source_dir(args.source.as_deref())?;
-    let store = Store::open(&dir);
     let config = Config {
         options: CompileOptions {
-            class: args.class,
+            class: args.class.clone(),
             fallback: args
                 .default_backend
                 .as_deref()
@@ -117,12 +164,17 @@ pub fn run(args: IngressArgs) -> Result<()> {
             .map(str::parse::<SecretRef>)
             .transpose()?,
     };
+    let interest = podwire_ingress::server::interest();
+    let (source, kube) = args.source.open(&interest, ClusterSettings::default())?;
     if let Some(IngressAction::Plan) = args.action {
         let generated = podwire_ingress::certs::generated_default()?;
-        let snapshot = podwire_ingress::server::load(&store, &config, &generated)?;
+        let mut watch = Watch::new(source, &interest);
+        let first = first_snapshot(&mut watch)?;
+        let snapshot =
+            podwire_ingress::server::compile(first.revision, &first.state, &config, &generated);
         println!(
-            "# podwire ingress plan: {} (generation {}, {} Ingresses of class {:?})",
-            dir.display(),
+            "# podwire ingress plan: {} (revision {}, {} Ingresses of class {:?})",
+            watch.source().describe(),
             snapshot.generation,
             snapshot.routes.ingresses.len(),
             config.options.class
@@ -149,6 +201,44 @@ pub fn run(args: IngressArgs) -> Result<()> {
         https_redirect_port: args.https_redirect_port,
         ..Settings::default()
     };
-    podwire_ingress::server::run(listen, store, config, settings, args.workers)?;
+    let publish = publish(&args)?;
+    let mut election = None;
+    let status = match (&kube, publish) {
+        (Some(kube), Some(publish)) => {
+            let e = Arc::new(LeaderElection::start(
+                kube,
+                LeaseSettings::new(&args.election_namespace, &args.election_id, identity(&args)),
+            ));
+            election = Some(e.clone());
+            Some(StatusPublisher {
+                writer: Arc::new(KubeWriter::new(kube)) as Arc<dyn ClusterWriter>,
+                leader: e as Arc<dyn Leadership>,
+                publish,
+            })
+        }
+        (None, Some(_)) => {
+            tracing::warn!("--publish-* needs --source kube; no Ingress status is written");
+            None
+        }
+        (_, None) => {
+            if kube.is_some() {
+                tracing::info!(
+                    "no --publish-service or --publish-status-address: Ingress status is not written"
+                );
+            }
+            None
+        }
+    };
+    podwire_ingress::server::run(
+        listen,
+        Feed { source, status },
+        config,
+        settings,
+        args.workers,
+    )?;
+    // Hand the Lease over at once instead of after its duration.
+    if let Some(e) = election.and_then(Arc::into_inner) {
+        e.release();
+    }
     Ok(())
 }

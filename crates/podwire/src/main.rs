@@ -8,6 +8,7 @@ mod dns;
 mod ingress;
 mod lab;
 mod serve;
+mod source;
 
 use std::io::{Read, Write};
 
@@ -103,17 +104,6 @@ fn cni_main() -> i32 {
     let _ = out.write_all(outcome.stdout.as_bytes());
     let _ = out.flush();
     outcome.exit_code
-}
-
-/// The directory of a `--source files:DIR` flag, shared by every
-/// long-running subcommand.
-pub fn source_dir(source: Option<&str>) -> Result<std::path::PathBuf> {
-    match source {
-        Some(s) if s.starts_with("files:") => Ok(std::path::PathBuf::from(&s["files:".len()..])),
-        Some("kube") => anyhow::bail!("--source kube is not available yet: use --source files:DIR"),
-        Some(other) => anyhow::bail!("unknown source {other:?}: use files:DIR"),
-        None => anyhow::bail!("--source files:DIR is required"),
-    }
 }
 
 /// Result alias used by subcommands.

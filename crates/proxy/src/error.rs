@@ -1,12 +1,10 @@
 //! What can go wrong in the service proxy, each with what to do about it.
 
-use std::path::PathBuf;
-
 /// Errors of the service proxy.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
-    #[error("cannot read cluster state from {dir}: {detail}")]
-    Source { dir: PathBuf, detail: String },
+    #[error("cannot read the cluster state: {0}")]
+    Source(#[from] podwire_model::SourceError),
     #[error("node {0} is not in the cluster state: check --node against `podwire lab get nodes`")]
     UnknownNode(String),
     #[error(

@@ -6,7 +6,7 @@
 //! ([`layout`] has the packet path). `engine` applies it: the structure
 //! through `nft -f` when it changes, the elements over netlink in one
 //! transaction per sync, only the difference against what it committed.
-//! `agent` is the loop inside `podwire agent`; `http` serves `/healthz`,
+//! `agent` is what `podwire agent` calls for every snapshot; `http` serves `/healthz`,
 //! `/metrics` and the healthCheckNodePorts.
 
 pub mod agent;
@@ -17,7 +17,7 @@ pub mod http;
 pub mod layout;
 pub mod metrics;
 
-pub use agent::{ProxyOptions, ProxyStatus, plan_for, run_proxy_until};
+pub use agent::{ProxyOptions, ProxyStatus, ServiceProxy, interest, plan_for};
 pub use compile::{
     CompileOptions, Compiler, Frontend, HealthCheck, Ruleset, ServiceRules, Target, compile,
     compile_service,

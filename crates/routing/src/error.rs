@@ -2,7 +2,6 @@
 //! saying what is wrong and what to do about it.
 
 use std::net::IpAddr;
-use std::path::PathBuf;
 
 use ipnet::IpNet;
 
@@ -65,8 +64,8 @@ pub enum RoutingError {
         source: podwire_kernel::Error,
     },
 
-    #[error("cannot read the cluster state from {dir}: {detail}")]
-    Source { dir: PathBuf, detail: String },
+    #[error("cannot read the cluster state: {0}")]
+    Source(#[from] podwire_model::SourceError),
 
     #[error("{count} of the node's networking changes failed:\n  - {list}", count = .0.len(), list = join(.0))]
     Incomplete(Vec<RoutingError>),

@@ -6,8 +6,7 @@
 //! Compile, then apply: [`plan()`] turns the cluster state into this node's
 //! [`RoutePlan`] with no I/O (printable: the dry run of `podwire agent
 //! plan`), [`apply()`] makes the kernel match it, idempotently and
-//! incrementally, and [`run_agent`] keeps doing that as the files source
-//! changes.
+//! incrementally, and [`RoutingAgent`] keeps doing that as the cluster changes.
 
 mod agent;
 mod apply;
@@ -15,7 +14,7 @@ mod error;
 pub mod masq;
 mod plan;
 
-pub use agent::{AgentOptions, AgentStatus, plan_for, run_agent, run_agent_until};
+pub use agent::{AgentOptions, AgentStatus, RoutingAgent, interest, plan_for, run_agent_until};
 pub use apply::{ApplyReport, apply, teardown};
 pub use error::RoutingError;
 pub use plan::{

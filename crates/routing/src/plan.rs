@@ -64,6 +64,11 @@ pub struct PlanOptions {
     pub underlay_device: String,
     /// Its MTU; the VXLAN device gets this minus the overhead.
     pub underlay_mtu: u32,
+    /// VXLAN peers must have published their tunnel endpoint on their Node
+    /// (Kubernetes mode: the MAC is whatever that agent's device has);
+    /// without this, an unpublished peer's MAC is derived from its IP (the
+    /// files store, where every agent derives it the same way).
+    pub require_published_vtep: bool,
 }
 
 impl Default for PlanOptions {
@@ -71,6 +76,7 @@ impl Default for PlanOptions {
         PlanOptions {
             underlay_device: "eth0".to_string(),
             underlay_mtu: 1500,
+            require_published_vtep: false,
         }
     }
 }
@@ -321,19 +327,35 @@ pub fn compile(
             continue;
         }
         claimed.insert(other.name.clone(), peer_cidr);
-        let (via, vtep) = match mode {
-            Mode::HostGw => (peer_ip, None),
+        let (via, vtep, underlay_ip) = match mode {
+            Mode::HostGw => (peer_ip, None, peer_ip),
             Mode::Vxlan => {
+                let mac = match other.vtep_mac {
+                    Some(mac) => mac,
+                    None if options.require_published_vtep => {
+                        skipped.push(skip(format!(
+                            "it has not published its VXLAN endpoint yet (annotation {}): is podwire agent running there?",
+                            podwire_model::VTEP_MAC_ANNOTATION
+                        )));
+                        continue;
+                    }
+                    None => vtep_mac(peer_ip),
+                };
+                // The tunnel's outer address: what the peer published, else its InternalIP.
+                let underlay_ip = match other.public_ip {
+                    Some(IpAddr::V4(ip)) => ip,
+                    _ => peer_ip,
+                };
                 let vtep = Vtep {
                     ip: peer_cidr.network(),
-                    mac: vtep_mac(peer_ip),
+                    mac,
                 };
-                (vtep.ip, Some(vtep))
+                (vtep.ip, Some(vtep), underlay_ip)
             }
         };
         peers.push(Peer {
             node: other.name.clone(),
-            node_ip: peer_ip,
+            node_ip: underlay_ip,
             pod_cidr: peer_cidr,
             via,
             vtep,
@@ -466,7 +488,51 @@ mod tests {
             name: name.to_string(),
             internal_ip: ip.parse().unwrap(),
             pod_cidr: cidr.parse().unwrap(),
+            pod_cidrs: vec![cidr.parse().unwrap()],
+            vtep_mac: None,
+            public_ip: None,
         }
+    }
+
+    #[test]
+    fn vxlan_peers_from_published_endpoints() {
+        let mut nodes = three();
+        nodes[0].vtep_mac = Some([0x0a, 1, 2, 3, 4, 5]);
+        nodes[0].public_ip = Some("172.16.0.12".parse().unwrap());
+        let mut options = PlanOptions {
+            require_published_vtep: true,
+            ..Default::default()
+        };
+        let cluster: IpNet = "10.244.0.0/16".parse().unwrap();
+        let plan = compile(Mode::Vxlan, cluster, &nodes, &[], "node01", &options).unwrap();
+        assert_eq!(plan.peers.len(), 1, "only node02 published");
+        let peer = &plan.peers[0];
+        assert_eq!(peer.node, "node02");
+        assert_eq!(peer.vtep.unwrap().mac, [0x0a, 1, 2, 3, 4, 5]);
+        assert_eq!(
+            peer.node_ip.to_string(),
+            "172.16.0.12",
+            "the published underlay address"
+        );
+        assert_eq!(plan.skipped.len(), 1);
+        assert!(
+            plan.skipped[0].reason.contains("podwire.io/vtep-mac"),
+            "{:?}",
+            plan.skipped
+        );
+        // Without the requirement (the files store) the MAC is derived.
+        options.require_published_vtep = false;
+        let plan = compile(Mode::Vxlan, cluster, &nodes, &[], "node01", &options).unwrap();
+        assert_eq!(plan.peers.len(), 2);
+        let cp = plan
+            .peers
+            .iter()
+            .find(|p| p.node == "controlplane")
+            .unwrap();
+        assert_eq!(
+            cp.vtep.unwrap().mac,
+            vtep_mac("192.168.56.10".parse().unwrap())
+        );
     }
 
     fn three() -> Vec<NodeInfo> {
@@ -521,6 +587,7 @@ mod tests {
             &PlanOptions {
                 underlay_device: "eth0".into(),
                 underlay_mtu: 9000,
+                ..Default::default()
             },
         )
         .unwrap();
@@ -735,6 +802,7 @@ mod tests {
             &PlanOptions {
                 underlay_device: "ens3".into(),
                 underlay_mtu: 1400,
+                ..Default::default()
             },
         )
         .unwrap();

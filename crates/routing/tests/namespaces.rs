@@ -12,9 +12,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::{Ns, World, seen_from, wait_for, watch_sources};
-use podwire_model::{Object, RoutingMode, Store};
+use podwire_model::{FilesSource, Object, RoutingMode, Store, Watch};
 use podwire_routing::{
-    AgentOptions, Mode, RoutingError, plan, plan_for, run_agent_until, teardown,
+    AgentOptions, Mode, RoutingAgent, RoutingError, interest, plan, plan_for, run_agent_until,
+    teardown,
 };
 
 fn plans(
@@ -329,11 +330,18 @@ fn the_agent_follows_nodes_joining_and_leaving() {
     let store = Store::open(&dir.path);
     write_store(&store, &world, RoutingMode::Vxlan, &["node01", "node02"]);
 
-    let mut opts = AgentOptions::new("node01", &dir.path);
+    let mut opts = AgentOptions::new("node01");
     opts.underlay_device = "eth0".into();
+    let files_watch = || {
+        Watch::new(
+            Box::new(FilesSource::new(store.clone(), interest())),
+            &interest(),
+        )
+    };
 
     // The dry run, from outside the node: MTU assumed 1500.
-    let dry = plan_for(&opts).expect("plan_for");
+    let state = store.load().expect("load");
+    let dry = plan_for(&opts, &state).expect("plan_for");
     assert_eq!(dry.mode, Mode::Vxlan);
     assert_eq!(dry.peers.len(), 1);
 
@@ -344,10 +352,11 @@ fn the_agent_follows_nodes_joining_and_leaving() {
         let stop = Arc::clone(&stop);
         let opts = opts.clone();
         let path = world.node("node01").ns.path();
+        let mut watch = files_watch();
         std::thread::spawn(move || {
             let ns = podwire_kernel::Netns::open(path).expect("open node netns");
             let _inside = ns.enter().expect("enter node netns");
-            run_agent_until(&opts, &stop)
+            run_agent_until(&opts, &mut watch, &stop)
         })
     };
     let node1 = world.node("node01");
@@ -389,10 +398,17 @@ fn the_agent_follows_nodes_joining_and_leaving() {
 fn the_agent_once_reports_a_missing_node_clearly() {
     let dir = common::TempDir::new("store");
     let ns = Ns::new("lonely");
-    let mut opts = AgentOptions::new("node09", &dir.path);
-    opts.once = true;
+    // A store the lab has written once, without cluster settings.
+    let store = Store::open(&dir.path);
+    store.bump().expect("bump");
+    let opts = AgentOptions::new("node09");
+    let mut watch = Watch::new(Box::new(FilesSource::new(store, interest())), &interest());
+    let snapshot = watch
+        .next(Duration::from_secs(5))
+        .expect("source")
+        .expect("a snapshot");
     let err = ns
-        .run(|| run_agent_until(&opts, &AtomicBool::new(false)))
+        .run(|| RoutingAgent::new(opts.clone(), None)?.reconcile(&snapshot))
         .expect_err("no cluster state");
     assert!(matches!(err, RoutingError::NoClusterConfig), "{err}");
 }
