@@ -654,7 +654,6 @@ fn watch(
                 state.hosts.store(Arc::new(new));
             }
         }
-        let started = Instant::now();
         let mut wait = WATCH_INTERVAL;
         let mut failed = None;
         // Everything already waiting becomes one rebuild.
@@ -691,6 +690,7 @@ fn watch(
             tracing::info!("cluster state available again from {name}");
         }
         if facts.synced() && (dirty || !loaded) {
+            let started = Instant::now();
             let zone = facts.build(&options, revision as u32);
             tracing::info!(
                 "zone {} revision {}: {} services ({} changes folded, compiled in {:?})",

@@ -39,8 +39,9 @@ use crate::{CompileOptions, IngressError, RouteTable, our_ingresses};
 /// How long startup waits for the first complete cluster state before it
 /// serves anyway (404s, `/readyz` 503) and keeps waiting in the background.
 const FIRST_SNAPSHOT: Duration = Duration::from_secs(5);
-/// How often a leader re-checks the Ingresses' status.
-const STATUS_INTERVAL: Duration = Duration::from_secs(10);
+/// How soon a status write that failed (or waits for the leadership) is
+/// tried again.
+const STATUS_RETRY: Duration = Duration::from_secs(1);
 
 /// The kinds the controller reads; Secrets only of type kubernetes.io/tls.
 pub fn interest() -> Interest {
@@ -187,6 +188,8 @@ struct Common {
     metrics: Arc<Metrics>,
     settings: Settings,
     readiness: Arc<Mutex<Readiness>>,
+    /// The Ingress statuses to write, as of the first snapshot.
+    first_statuses: BTreeMap<(String, String), IngressLoadBalancerStatus>,
 }
 
 impl Common {
@@ -199,6 +202,7 @@ impl Common {
         mut settings: Settings,
         https_port: Option<u16>,
         generated: &Arc<CertifiedKey>,
+        publish: Option<&Publish>,
     ) -> Result<Common, IngressError> {
         let mut readiness = Readiness {
             source: watch.source().describe(),
@@ -215,6 +219,10 @@ impl Common {
                 }
             }
         }
+        let first_statuses = match (&first, publish) {
+            (Some(s), Some(p)) => pending(&s.state, &config.options.class, p),
+            _ => BTreeMap::new(),
+        };
         let snapshot = match &first {
             Some(s) => {
                 readiness.synced = true;
@@ -247,6 +255,7 @@ impl Common {
             metrics: Arc::new(metrics),
             settings,
             readiness: Arc::new(Mutex::new(readiness)),
+            first_statuses,
         })
     }
 
@@ -277,7 +286,10 @@ pub fn run(
     let generated = generated_default()?;
     let https_port = listen.https.map(|a| a.port());
     let mut watch = Watch::new(feed.source, &interest());
-    let common = Common::start(&mut watch, &config, settings, https_port, &generated)?;
+    let publish = feed.status.as_ref().map(|s| &s.publish);
+    let common = Common::start(
+        &mut watch, &config, settings, https_port, &generated, publish,
+    )?;
     let mut http = reuseport_listeners(listen.http, workers)?;
     let mut https = reuseport_listeners(listen.https, workers)?;
     let mut metrics = match listen.metrics {
@@ -383,9 +395,17 @@ pub async fn serve(
         None => None,
     };
     let mut watch = Watch::new(feed.source, &interest());
+    let publish = feed.status.as_ref().map(|s| s.publish.clone());
     let (watch, common) = tokio::task::spawn_blocking(move || {
-        Common::start(&mut watch, &config, settings, https_port, &generated)
-            .map(|common| (watch, common, config, generated))
+        Common::start(
+            &mut watch,
+            &config,
+            settings,
+            https_port,
+            &generated,
+            publish.as_ref(),
+        )
+        .map(|common| (watch, common, config, generated))
     })
     .await
     .map_err(|e| IngressError::Tls(format!("the startup task failed: {e}")))?
@@ -497,13 +517,13 @@ impl Reloader {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (snapshot, metrics) = (common.snapshot.clone(), common.metrics.clone());
         let readiness = common.readiness.clone();
+        let mut statuses = common.first_statuses.clone();
         let stopped = stop.clone();
         let thread = std::thread::Builder::new()
             .name("ingress-reload".into())
             .spawn(move || {
-                let mut statuses: BTreeMap<(String, String), IngressLoadBalancerStatus> =
-                    BTreeMap::new();
                 let mut next_status = Instant::now();
+                let mut was_leader = false;
                 let mut last_error: Option<String> = None;
                 watch.run(&stopped, &mut |event, source| {
                     match event {
@@ -549,19 +569,21 @@ impl Reloader {
                     if let Ok(mut r) = readiness.lock() {
                         r.error = source_status.error;
                     }
-                    if let Some(p) = &status
-                        && Instant::now() >= next_status
+                    let Some(p) = &status else {
+                        return Duration::from_secs(1);
+                    };
+                    // Write at once on becoming leader or on a change, else
+                    // retry what failed every second.
+                    let leading = p.leader.is_leader();
+                    if leading
+                        && !statuses.is_empty()
+                        && (!was_leader || Instant::now() >= next_status)
                     {
-                        next_status = Instant::now() + STATUS_INTERVAL;
-                        if p.leader.is_leader() {
-                            write_statuses(p, &mut statuses);
-                        }
+                        write_statuses(p, &mut statuses);
+                        next_status = Instant::now() + STATUS_RETRY;
                     }
-                    if status.is_some() {
-                        next_status.saturating_duration_since(Instant::now())
-                    } else {
-                        Duration::from_secs(1)
-                    }
+                    was_leader = leading;
+                    STATUS_RETRY
                 });
             })
             .map_err(IngressError::Runtime)?;

@@ -219,8 +219,9 @@ pub struct SourceStatus {
     pub synced: bool,
     /// The last error, while it lasts (cleared once the source works again).
     pub error: Option<String>,
-    /// Watches (re)started per kind, beyond the first.
-    pub restarts: BTreeMap<Kind, u64>,
+    /// Watches (re)started per resource ("pods", "servicecidrs"), beyond
+    /// the first: errors and relists.
+    pub restarts: BTreeMap<String, u64>,
     /// Seconds since the source last heard from its backend (an event, a
     /// list, or a successful poll).
     pub last_contact_age: Option<f64>,
@@ -240,12 +241,11 @@ impl SourceStatus {
             u8::from(self.error.is_some())
         ));
         out.push_str(&format!(
-            "# HELP {prefix}_watch_restarts_total Watches restarted, per kind.\n# TYPE {prefix}_watch_restarts_total counter\n"
+            "# HELP {prefix}_watch_restarts_total Watches restarted (errors, relists), per resource.\n# TYPE {prefix}_watch_restarts_total counter\n"
         ));
-        for (kind, n) in &self.restarts {
+        for (resource, n) in &self.restarts {
             out.push_str(&format!(
-                "{prefix}_watch_restarts_total{{kind=\"{}\"}} {n}\n",
-                kind.name()
+                "{prefix}_watch_restarts_total{{resource=\"{resource}\"}} {n}\n"
             ));
         }
         if let Some(age) = self.last_contact_age {
@@ -780,13 +780,13 @@ mod tests {
         let s = SourceStatus {
             synced: true,
             error: None,
-            restarts: [(Kind::Service, 2)].into(),
+            restarts: [("services".to_string(), 2)].into(),
             last_contact_age: Some(0.5),
         };
         let text = s.render_metrics("podwire_x_source");
         assert!(text.contains("podwire_x_source_synced 1\n"), "{text}");
         assert!(
-            text.contains("podwire_x_source_watch_restarts_total{kind=\"Service\"} 2\n"),
+            text.contains("podwire_x_source_watch_restarts_total{resource=\"services\"} 2\n"),
             "{text}"
         );
     }

@@ -80,8 +80,11 @@ fn main() {
 }
 
 fn init_logs(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PODWIRE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // kube-rs logs every failed request at error level; podwire's source
+    // reports the same failures once, with what to do about them.
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PODWIRE_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("{default},kube_client=off,kube_runtime=warn"))
+    });
     use std::io::IsTerminal;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)

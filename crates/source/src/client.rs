@@ -36,7 +36,19 @@ pub struct Kube {
 struct Inner {
     client: kube::Client,
     server: String,
-    runtime: tokio::runtime::Runtime,
+    /// Always Some until dropped.
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The last handle may go with a task on this very runtime (an
+        // aborted watcher holds one): shut down without waiting, which is
+        // allowed from inside a runtime where a plain drop is not.
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 impl std::fmt::Debug for Kube {
@@ -81,6 +93,11 @@ async fn client_config(settings: &ClientSettings) -> Result<kube::Config, Source
             .map_err(|e| config_error(format!("--api-server {server:?} is not a URL: {e}")))?;
     }
     config.connect_timeout = Some(Duration::from_secs(5));
+    // A watch whose connection died without a FIN or RST (a partition, a
+    // NAT that lost the flow) would wait forever; the API server sends a
+    // bookmark about once a minute on every watch, so two minutes of
+    // silence means the connection is gone and the watch resumes on a new one.
+    config.read_timeout = Some(Duration::from_secs(120));
     Ok(config)
 }
 
@@ -159,7 +176,7 @@ impl Kube {
             inner: Arc::new(Inner {
                 client,
                 server,
-                runtime,
+                runtime: Some(runtime),
             }),
         })
     }
@@ -173,14 +190,22 @@ impl Kube {
         &self.inner.server
     }
 
+    fn runtime(&self) -> &tokio::runtime::Runtime {
+        // Infallible: only Drop takes it.
+        self.inner
+            .runtime
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("the runtime lives as long as the handle"))
+    }
+
     pub fn handle(&self) -> tokio::runtime::Handle {
-        self.inner.runtime.handle().clone()
+        self.runtime().handle().clone()
     }
 
     /// Runs a future on the client's runtime and waits for it (from a
     /// plain thread, never from inside an async task).
     pub fn block_on<F: Future>(&self, future: F) -> F::Output {
-        self.inner.runtime.block_on(future)
+        self.runtime().block_on(future)
     }
 
     /// The error of an API call, classified.

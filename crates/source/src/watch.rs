@@ -23,8 +23,6 @@ use futures::StreamExt;
 use ipnet::IpNet;
 use k8s_openapi::api::networking::v1::ServiceCIDR;
 use kube::api::{Api, ListParams};
-use kube::runtime::WatchStreamExt;
-use kube::runtime::utils::Backoff;
 use kube::runtime::watcher::{self, Event};
 use kube::{Resource, ResourceExt};
 use podwire_model::{
@@ -91,7 +89,7 @@ enum Msg {
 #[derive(Debug, Default)]
 struct Health {
     listed: BTreeSet<Kind>,
-    restarts: BTreeMap<Kind, u64>,
+    restarts: BTreeMap<&'static str, u64>,
     /// The current error per watched resource ("pods", "servicecidrs").
     errors: BTreeMap<&'static str, String>,
     last_contact: Option<Instant>,
@@ -127,34 +125,37 @@ impl Debug for KubeSource {
 }
 
 /// Watch restarts back off from 200 ms to 5 s (kube-rs's default grows to
-/// 30 s, too slow to notice an API server that came back), reset after a
-/// minute without errors.
+/// 30 s, too slow to notice an API server that came back), and start from
+/// 200 ms again after any success. A 410 (the version we resume from is
+/// older than the server's history, as after an API server restart) is not
+/// a failure: the watcher lists again at once.
+#[derive(Debug)]
 struct QuickBackoff {
     next: Duration,
 }
 
-impl Iterator for QuickBackoff {
-    type Item = Duration;
-    fn next(&mut self) -> Option<Duration> {
+impl QuickBackoff {
+    const FIRST: Duration = Duration::from_millis(200);
+    const MAX: Duration = Duration::from_secs(5);
+
+    fn new() -> QuickBackoff {
+        QuickBackoff { next: Self::FIRST }
+    }
+
+    fn next_delay(&mut self) -> Duration {
         let now = self.next;
-        self.next = (self.next * 2).min(Duration::from_secs(5));
-        Some(now)
+        self.next = (self.next * 2).min(Self::MAX);
+        now
     }
-}
 
-impl Backoff for QuickBackoff {
     fn reset(&mut self) {
-        self.next = Duration::from_millis(200);
+        self.next = Self::FIRST;
     }
 }
 
-fn backoff() -> kube::runtime::utils::ResetTimerBackoff<QuickBackoff> {
-    kube::runtime::utils::ResetTimerBackoff::new(
-        QuickBackoff {
-            next: Duration::from_millis(200),
-        },
-        Duration::from_secs(60),
-    )
+/// Whether a watcher error only means "list again".
+fn expired(err: &watcher::Error) -> bool {
+    matches!(err, watcher::Error::WatchError(status) if status.code == 410)
 }
 
 /// Sends without blocking the runtime: a full channel waits a little.
@@ -187,7 +188,7 @@ impl WatchJob {
         let text = err.to_string();
         let mut new = false;
         with_health(&self.health, |h| {
-            *h.restarts.entry(self.kind).or_default() += 1;
+            *h.restarts.entry(self.resource).or_default() += 1;
             if h.errors.get(self.resource) != Some(&text) {
                 new = true;
                 h.errors.insert(self.resource, text.clone());
@@ -230,11 +231,12 @@ where
     if let Some(fields) = &job.fields {
         probe_params = probe_params.fields(fields);
     }
-    let mut stream = watcher::watcher(api.clone(), config)
-        .backoff(backoff())
-        .boxed();
+    let mut stream = watcher::watcher(api.clone(), config).boxed();
+    let mut backoff = QuickBackoff::new();
     let mut listed_once = false;
     let mut probe = tokio::time::interval(PROBE);
+    // A task that slept in its backoff must not fire the missed probes at once.
+    probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let item = tokio::select! {
             item = stream.next() => item,
@@ -247,11 +249,15 @@ where
             }
         };
         let Some(item) = item else { return };
+        // Only data means the server works: `Init` comes before every list.
+        if matches!(item, Ok(ref e) if !matches!(e, Event::Init)) {
+            backoff.reset();
+        }
         let msg = match item {
             Ok(Event::Init) => {
                 if listed_once {
                     with_health(&job.health, |h| {
-                        *h.restarts.entry(job.kind).or_default() += 1
+                        *h.restarts.entry(job.resource).or_default() += 1
                     });
                 }
                 Msg::Change(Change::Relisting(job.kind))
@@ -282,6 +288,16 @@ where
                     o.name_any(),
                 )))
             }
+            Err(err) if expired(&err) => {
+                with_health(&job.health, |h| {
+                    *h.restarts.entry(job.resource).or_default() += 1
+                });
+                tracing::info!(
+                    resource = job.resource,
+                    "watch history expired; listing again"
+                );
+                continue;
+            }
             Err(err) => {
                 let source_err = match err {
                     watcher::Error::InitialListFailed(e) => job.kube.error("list", job.resource, e),
@@ -302,6 +318,7 @@ where
                 if !job.fail(source_err).await {
                     return;
                 }
+                tokio::time::sleep(backoff.next_delay()).await;
                 continue;
             }
         };
@@ -315,13 +332,16 @@ where
 /// the service range they give changes.
 async fn watch_service_cidrs(job: WatchJob, settings: ClusterSettings) {
     let api: Api<ServiceCIDR> = Api::all(job.kube.client());
-    let mut stream = watcher::watcher(api, watcher::Config::default())
-        .backoff(backoff())
-        .boxed();
+    let mut stream = watcher::watcher(api, watcher::Config::default()).boxed();
+    let mut backoff = QuickBackoff::new();
     let mut cidrs: BTreeMap<String, Vec<IpNet>> = BTreeMap::new();
     let mut listing: Option<BTreeMap<String, Vec<IpNet>>> = None;
     let mut reported: Option<Option<ClusterConfig>> = None;
     while let Some(item) = stream.next().await {
+        // Only data means the server works: `Init` comes before every list.
+        if matches!(item, Ok(ref e) if !matches!(e, Event::Init)) {
+            backoff.reset();
+        }
         match item {
             Ok(Event::Init) => listing = Some(BTreeMap::new()),
             Ok(Event::InitApply(o)) => {
@@ -340,6 +360,7 @@ async fn watch_service_cidrs(job: WatchJob, settings: ClusterSettings) {
             Ok(Event::Delete(o)) => {
                 cidrs.remove(&o.name_any());
             }
+            Err(err) if expired(&err) => continue,
             Err(err) => {
                 let e = match err {
                     watcher::Error::WatchError(status) => kube::Error::Api(status),
@@ -351,6 +372,7 @@ async fn watch_service_cidrs(job: WatchJob, settings: ClusterSettings) {
                 if !job.fail(job.kube.error("watch", job.resource, e)).await {
                     return;
                 }
+                tokio::time::sleep(backoff.next_delay()).await;
                 continue;
             }
         }
@@ -547,7 +569,11 @@ impl Source for KubeSource {
             synced: self.interest.kinds.iter().all(|k| h.listed.contains(k)),
             error: (!h.errors.is_empty())
                 .then(|| h.errors.values().cloned().collect::<Vec<_>>().join("; ")),
-            restarts: h.restarts.clone(),
+            restarts: h
+                .restarts
+                .iter()
+                .map(|(r, n)| (r.to_string(), *n))
+                .collect(),
             last_contact_age: h.last_contact.map(|t| t.elapsed().as_secs_f64()),
         }
     }
@@ -597,14 +623,19 @@ mod tests {
 
     #[test]
     fn backoff_grows_to_five_seconds_and_resets() {
-        let mut b = QuickBackoff {
-            next: Duration::from_millis(200),
-        };
-        let seq: Vec<u64> = (0..7)
-            .map(|_| b.next().unwrap().as_millis() as u64)
-            .collect();
+        let mut b = QuickBackoff::new();
+        let seq: Vec<u64> = (0..7).map(|_| b.next_delay().as_millis() as u64).collect();
         assert_eq!(seq, [200, 400, 800, 1600, 3200, 5000, 5000]);
         b.reset();
-        assert_eq!(b.next(), Some(Duration::from_millis(200)));
+        assert_eq!(b.next_delay(), Duration::from_millis(200));
+        let gone = watcher::Error::WatchError(
+            kube::core::Status {
+                code: 410,
+                ..Default::default()
+            }
+            .boxed(),
+        );
+        assert!(expired(&gone));
+        assert!(!expired(&watcher::Error::NoResourceVersion));
     }
 }
