@@ -20,17 +20,18 @@ use podwire_dns::{Server, ServerConfig};
 use podwire_model::{
     ClusterConfig, EndpointSlice, Namespace, Object, Pod, RoutingMode, Service, Store,
 };
+use podwire_testsupport::TempDir;
 use serde_json::json;
 
 /// A temporary store.
 pub struct Fixture {
-    pub dir: tempfile::TempDir,
+    pub dir: TempDir,
     pub store: Store,
 }
 
 impl Fixture {
     pub fn empty() -> Fixture {
-        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = TempDir::new("dns");
         let store = Store::open(dir.path().join("cluster"));
         Fixture { dir, store }
     }
@@ -367,18 +368,10 @@ pub fn metric(text: &str, series: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
-/// Polls `f` until it is true or `timeout` passes.
+/// Polls `f` every 10 ms until it is true or `timeout` passes.
 pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    podwire_testsupport::poll_every(timeout, Duration::from_millis(10), || f().then_some(()))
+        .is_some()
 }
 
 /// `dig` output (+short unless extra flags say otherwise); None when dig is

@@ -5,15 +5,11 @@
 #![allow(dead_code)]
 
 use std::io::Write;
-use std::os::fd::{AsRawFd, BorrowedFd};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
+use podwire_testsupport::TempDir;
 use serde_json::Value;
-
-static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 /// The podwire binary under test.
 pub fn podwire() -> PathBuf {
@@ -28,26 +24,20 @@ pub fn reference_available() -> bool {
         && Path::new(REFERENCE_DIR).join("host-local").is_file()
 }
 
-/// A network namespace that exists for the life of the value.
+/// A network namespace that exists for the life of the value (the guard
+/// is podwire-testsupport's: it also kills what still runs inside).
 pub struct Netns {
     pub name: String,
+    netns: podwire_testsupport::Netns,
 }
 
 impl Netns {
     pub fn new(tag: &str) -> Netns {
-        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let name = format!("pwt{}-{n}-{tag}", std::process::id());
-        let status = Command::new("ip")
-            .args(["netns", "add", &name])
-            .status()
-            .expect("run ip netns add");
-        assert!(
-            status.success(),
-            "ip netns add {name} failed (tests need root and iproute2)"
-        );
-        let ns = Netns { name };
-        ns.sh("ip link set lo up");
-        ns
+        let netns = podwire_testsupport::Netns::with_prefix("pwt", tag);
+        Netns {
+            name: netns.name().to_string(),
+            netns,
+        }
     }
 
     pub fn path(&self) -> String {
@@ -56,52 +46,19 @@ impl Netns {
 
     /// Runs a shell command inside the namespace.
     pub fn sh(&self, cmd: &str) -> Output {
-        Command::new("ip")
-            .args(["netns", "exec", &self.name, "sh", "-c", cmd])
-            .output()
-            .expect("run ip netns exec")
+        self.netns.sh(cmd)
     }
 
     /// Runs a shell command inside the namespace and returns its stdout;
     /// panics with the command's stderr when it fails.
     pub fn ok(&self, cmd: &str) -> String {
-        let out = self.sh(cmd);
-        assert!(
-            out.status.success(),
-            "`{cmd}` in {} failed: {}{}",
-            self.name,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).to_string()
+        self.netns.ok(cmd)
     }
 
     /// A Command that will run inside this namespace (setns before exec, so
     /// no extra process is spawned, as a runtime does it).
-    pub fn command(&self, program: &Path) -> (Command, std::fs::File) {
-        let file = std::fs::File::open(self.path()).expect("open netns");
-        let fd = file.as_raw_fd();
-        let mut cmd = Command::new(program);
-        // SAFETY: setns is async-signal-safe; `file` outlives the spawn.
-        unsafe {
-            cmd.pre_exec(move || {
-                nix::sched::setns(
-                    BorrowedFd::borrow_raw(fd),
-                    nix::sched::CloneFlags::CLONE_NEWNET,
-                )
-                .map_err(std::io::Error::from)
-            });
-        }
-        (cmd, file)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "delete", &self.name])
-            .stderr(Stdio::null())
-            .status();
+    pub fn command(&self, program: &Path) -> Command {
+        self.netns.command(program)
     }
 }
 
@@ -175,7 +132,7 @@ impl Call {
 
     /// Runs `program` in `host` with this environment and `stdin`.
     pub fn run(&self, program: &Path, host: &Netns, stdin: &str) -> PluginOutput {
-        let (mut cmd, _ns) = host.command(program);
+        let mut cmd = host.command(program);
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .stdin(Stdio::piped())
@@ -210,14 +167,14 @@ impl Call {
 /// (symlinks to the binary under test) and a scratch directory for IPAM data.
 pub struct World {
     pub host: Netns,
-    pub cni_dir: tempfile::TempDir,
-    pub data: tempfile::TempDir,
+    pub cni_dir: TempDir,
+    pub data: TempDir,
 }
 
 impl World {
     pub fn new(tag: &str) -> World {
         let host = Netns::new(&format!("{tag}-h"));
-        let cni_dir = tempfile::tempdir().expect("tempdir");
+        let cni_dir = TempDir::new("cni-bin");
         for name in ["podwire", "podwire-portmap", "podwire-loopback"] {
             std::os::unix::fs::symlink(podwire(), cni_dir.path().join(name))
                 .expect("symlink plugin");
@@ -234,7 +191,7 @@ impl World {
         World {
             host,
             cni_dir,
-            data: tempfile::tempdir().expect("tempdir"),
+            data: TempDir::new("cni-data"),
         }
     }
 
@@ -356,7 +313,7 @@ pub mod kstate {
     use serde_json::Value;
     use std::path::Path;
     use std::process::{Child, Command, Stdio};
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
     /// Parses the JSON printed by `cmd` run in `ns` (`Null` for no output).
     pub fn json(ns: &Netns, cmd: &str) -> Value {
@@ -564,17 +521,8 @@ pub mod kstate {
     }
 
     /// Polls `f` every 20 ms until it returns true or `timeout` passes.
-    pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if f() {
-                return true;
-            }
-            if Instant::now() >= deadline {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+    pub fn wait_until(timeout: Duration, f: impl FnMut() -> bool) -> bool {
+        podwire_testsupport::eventually(timeout, f)
     }
 
     /// Runs `cmd` in `ns` until it succeeds, at most `tries` times (each
@@ -780,7 +728,6 @@ pub mod kstate {
 pub mod rp {
     use super::{Call, PluginOutput, World};
     use std::io::{Read, Write};
-    use std::os::fd::{AsRawFd, BorrowedFd};
     use std::os::unix::process::CommandExt;
     use std::path::{Path, PathBuf};
     use std::process::{Child, Command, Stdio};
@@ -930,20 +877,7 @@ pub mod rp {
 
     /// A Command for `program` that runs inside the namespace at `netns_path`.
     pub fn command_in(netns_path: &str, program: &Path) -> Command {
-        let file = std::fs::File::open(netns_path).expect("open netns");
-        let mut cmd = Command::new(program);
-        // SAFETY: setns is async-signal-safe; the closure owns `file`, so the
-        // descriptor stays open until the Command is dropped.
-        unsafe {
-            cmd.pre_exec(move || {
-                nix::sched::setns(
-                    BorrowedFd::borrow_raw(file.as_raw_fd()),
-                    nix::sched::CloneFlags::CLONE_NEWNET,
-                )
-                .map_err(std::io::Error::from)
-            });
-        }
-        cmd
+        podwire_testsupport::command_in(Path::new(netns_path), program)
     }
 
     /// Starts the plugin named by the netconf's type in `world`'s host

@@ -7,10 +7,9 @@
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 /// Where every lab keeps its state.
 pub const LABS_ROOT: &str = "/run/podwire/labs";
@@ -86,61 +85,21 @@ impl Run {
     }
 }
 
-fn read_back(mut file: std::fs::File) -> String {
-    let mut text = String::new();
-    let _ = file.seek(SeekFrom::Start(0));
-    let _ = file.read_to_string(&mut text);
-    text
-}
-
 /// Runs `program args` with an optional stdin text and a time limit. Output
 /// goes to temporary files, not pipes, so a background process that inherits
 /// them can never make the test wait.
 pub fn run_program(program: &str, args: &[&str], stdin: Option<&str>, limit: Duration) -> Run {
-    let out = tempfile::tempfile().expect("temp file");
-    let err = tempfile::tempfile().expect("temp file");
     let mut cmd = Command::new(program);
-    cmd.args(args)
-        .stdout(out.try_clone().expect("dup"))
-        .stderr(err.try_clone().expect("dup"));
-    match stdin {
-        Some(text) => {
-            let mut input = tempfile::tempfile().expect("temp file");
-            input.write_all(text.as_bytes()).expect("write stdin");
-            input.seek(SeekFrom::Start(0)).expect("rewind stdin");
-            cmd.stdin(input);
-        }
-        None => {
-            cmd.stdin(Stdio::null());
-        }
-    }
-    let started = Instant::now();
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
-    let mut code = None;
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) => {
-                code = Some(status.code().unwrap_or(-1));
-                break;
-            }
-            Ok(None) if started.elapsed() < limit => std::thread::sleep(Duration::from_millis(10)),
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                break;
-            }
-        }
-    }
+    cmd.args(args);
+    let ran = podwire_testsupport::run_bounded(cmd, stdin.map(str::as_bytes), limit);
     let mut argv = vec![program.to_string()];
     argv.extend(args.iter().map(|s| s.to_string()));
     Run {
         argv,
-        code,
-        stdout: read_back(out),
-        stderr: read_back(err),
-        elapsed: started.elapsed(),
+        code: ran.status.map(|status| status.code().unwrap_or(-1)),
+        stdout: String::from_utf8_lossy(&ran.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&ran.stderr).into_owned(),
+        elapsed: ran.elapsed,
     }
 }
 
@@ -149,21 +108,10 @@ pub fn podwire_cmd(args: &[&str], stdin: Option<&str>, limit: Duration) -> Run {
     run_program(podwire(), args, stdin, limit)
 }
 
-/// Polls `check` until it returns Some, at most `limit` long and at most
-/// `limit / 50 ms + 1` times; None when it never did.
-pub fn poll<T>(limit: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
-    let started = Instant::now();
-    let max_tries = limit.as_millis() / 50 + 1;
-    for _ in 0..max_tries {
-        if let Some(v) = check() {
-            return Some(v);
-        }
-        if started.elapsed() >= limit {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    None
+/// Polls `check` every 50 ms until it returns Some, at most `limit` long;
+/// None when it never did.
+pub fn poll<T>(limit: Duration, check: impl FnMut() -> Option<T>) -> Option<T> {
+    podwire_testsupport::poll_every(limit, Duration::from_millis(50), check)
 }
 
 /// One row of `lab get pods -A -o wide`.

@@ -8,35 +8,25 @@
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use podwire_kernel::Netns;
 use podwire_model::{ClusterState, EndpointSlice, Object, Service};
 use podwire_proxy::layout::StructureOptions;
 use podwire_proxy::{CompileOptions, Engine, Ruleset, SyncReport, compile};
+use podwire_testsupport::Netns;
 use serde_json::json;
 
 pub const NODE_IP: &str = "192.168.77.10";
 pub const EXTERNAL_IP: &str = "192.168.77.100";
 pub const GATEWAY: &str = "10.244.1.1";
 
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// The namespaces of one test.
 pub struct World {
     pub prefix: String,
-    namespaces: Vec<String>,
+    /// (short name, guard): removed in reverse order when the world drops.
+    namespaces: Vec<(String, Netns)>,
     pub stop: Arc<AtomicBool>,
     pods: usize,
 }
@@ -52,31 +42,36 @@ impl World {
             stop: Arc::new(AtomicBool::new(false)),
             pods: 0,
         };
-        let node = w.ns("node");
-        ip(&["netns", "add", &node]);
-        w.namespaces.push(node.clone());
-        ip(&["-n", &node, "link", "set", "lo", "up"]);
-        ip(&["-n", &node, "link", "add", "br0", "type", "bridge"]);
-        ip(&["-n", &node, "addr", "add", "10.244.1.1/24", "dev", "br0"]);
-        ip(&["-n", &node, "link", "set", "br0", "up"]);
+        let node = w.add_netns("node");
+        node.exec_ok(&["ip", "link", "add", "br0", "type", "bridge"]);
+        node.exec_ok(&["ip", "addr", "add", "10.244.1.1/24", "dev", "br0"]);
+        node.exec_ok(&["ip", "link", "set", "br0", "up"]);
         w.sysctl("node", "net/ipv4/ip_forward", "1");
         // Like a real node, a default route (here to an address nobody
         // holds), so a ClusterIP without endpoints reaches the forward hook
         // and is rejected there instead of "network unreachable".
-        ip(&[
-            "-n",
-            &node,
-            "route",
-            "add",
-            "default",
-            "via",
-            "10.244.1.254",
-        ]);
+        w.netns("node")
+            .exec_ok(&["ip", "route", "add", "default", "via", "10.244.1.254"]);
         w
     }
 
     pub fn ns(&self, name: &str) -> String {
         format!("{}-{name}", self.prefix)
+    }
+
+    /// The guard of namespace `name` (of this world).
+    pub fn netns(&self, name: &str) -> &Netns {
+        self.namespaces
+            .iter()
+            .find(|(short, _)| short == name)
+            .map(|(_, ns)| ns)
+            .unwrap_or_else(|| panic!("no namespace {name} in this world"))
+    }
+
+    fn add_netns(&mut self, name: &str) -> &Netns {
+        let ns = Netns::named(&self.ns(name));
+        self.namespaces.push((name.to_string(), ns));
+        &self.namespaces.last().expect("just pushed").1
     }
 
     pub fn sysctl(&self, ns: &str, key: &str, value: &str) {
@@ -87,35 +82,24 @@ impl World {
 
     /// Runs `f` in a thread inside namespace `name` (of this world).
     pub fn run_in<T: Send>(&self, name: &str, f: impl FnOnce() -> T + Send) -> T {
-        let path = format!("/run/netns/{}", self.ns(name));
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                let ns = Netns::open(&path).expect("open netns");
-                let _guard = ns.enter().expect("enter netns");
-                f()
-            })
-            .join()
-            .expect("thread in namespace")
-        })
+        self.netns(name).run(f)
     }
 
     /// A pod namespace on the bridge with address `addr` (10.244.1.x).
     pub fn add_pod(&mut self, name: &str, addr: &str) {
         let ns = self.ns(name);
-        let node = self.ns("node");
-        ip(&["netns", "add", &ns]);
-        self.namespaces.push(ns.clone());
+        self.add_netns(name);
         self.pods += 1;
         let host = format!("vp{}", self.pods);
-        ip(&[
-            "-n", &node, "link", "add", &host, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+        let node = self.netns("node");
+        node.exec_ok(&[
+            "ip", "link", "add", &host, "type", "veth", "peer", "name", "eth0", "netns", &ns,
         ]);
-        ip(&["-n", &node, "link", "set", &host, "master", "br0", "up"]);
+        node.exec_ok(&["ip", "link", "set", &host, "master", "br0", "up"]);
         // Hairpin: a pod reaching itself through a Service comes back out
         // of its own bridge port.
-        ip(&[
-            "-n",
-            &node,
+        node.exec_ok(&[
+            "ip",
             "link",
             "set",
             &host,
@@ -124,78 +108,48 @@ impl World {
             "hairpin",
             "on",
         ]);
-        ip(&["-n", &ns, "link", "set", "lo", "up"]);
-        ip(&[
-            "-n",
-            &ns,
-            "addr",
-            "add",
-            &format!("{addr}/24"),
-            "dev",
-            "eth0",
-        ]);
-        ip(&["-n", &ns, "link", "set", "eth0", "up"]);
-        ip(&["-n", &ns, "route", "add", "default", "via", GATEWAY]);
+        let pod = self.netns(name);
+        pod.exec_ok(&["ip", "addr", "add", &format!("{addr}/24"), "dev", "eth0"]);
+        pod.exec_ok(&["ip", "link", "set", "eth0", "up"]);
+        pod.exec_ok(&["ip", "route", "add", "default", "via", GATEWAY]);
     }
 
     /// The external host on the node's underlay (192.168.77.0/24).
     pub fn add_external(&mut self) {
         let ns = self.ns("ext");
-        let node = self.ns("node");
-        ip(&["netns", "add", &ns]);
-        self.namespaces.push(ns.clone());
-        ip(&[
-            "-n", &node, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns",
-            &ns,
+        self.add_netns("ext");
+        let node = self.netns("node");
+        let ext = self.netns("ext");
+        node.exec_ok(&[
+            "ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", &ns,
         ]);
-        ip(&[
-            "-n",
-            &node,
-            "addr",
-            "add",
-            &format!("{NODE_IP}/24"),
-            "dev",
-            "eth0",
-        ]);
-        ip(&["-n", &node, "link", "set", "eth0", "up"]);
-        ip(&["-n", &ns, "link", "set", "lo", "up"]);
-        ip(&[
-            "-n",
-            &ns,
+        node.exec_ok(&["ip", "addr", "add", &format!("{NODE_IP}/24"), "dev", "eth0"]);
+        node.exec_ok(&["ip", "link", "set", "eth0", "up"]);
+        ext.exec_ok(&[
+            "ip",
             "addr",
             "add",
             &format!("{EXTERNAL_IP}/24"),
             "dev",
             "eth0",
         ]);
-        ip(&["-n", &ns, "link", "set", "eth0", "up"]);
+        ext.exec_ok(&["ip", "link", "set", "eth0", "up"]);
         // The node is the way to the service range (an external load
         // balancer or router would send it there).
-        ip(&["-n", &ns, "route", "add", "10.96.0.0/12", "via", NODE_IP]);
-        ip(&["-n", &ns, "route", "add", "198.51.100.0/24", "via", NODE_IP]);
+        ext.exec_ok(&["ip", "route", "add", "10.96.0.0/12", "via", NODE_IP]);
+        ext.exec_ok(&["ip", "route", "add", "198.51.100.0/24", "via", NODE_IP]);
         // The node's default route: so locally originated ClusterIP
         // traffic has a route before DNAT.
-        ip(&[
-            "-n",
-            &node,
-            "route",
-            "replace",
-            "default",
-            "via",
-            EXTERNAL_IP,
-        ]);
+        node.exec_ok(&["ip", "route", "replace", "default", "via", EXTERNAL_IP]);
     }
 
     /// A TCP server in pod `name` answering `pod=<name> client=<peer ip>`.
     pub fn serve_tcp(&self, name: &str, port: u16) {
-        let path = format!("/run/netns/{}", self.ns(name));
         let stop = self.stop.clone();
         let label = name.to_string();
         let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let ns = Netns::open(&path).expect("open netns");
-            // This thread stays in the pod's namespace until it ends.
-            std::mem::forget(ns.enter().expect("enter netns"));
+        // This thread stays in the pod's namespace until it ends.
+        self.netns(name).thread(move || {
             let listener = TcpListener::bind(("0.0.0.0", port)).expect("bind");
             listener.set_nonblocking(true).expect("nonblocking");
             let _ = tx.send(());
@@ -214,13 +168,10 @@ impl World {
 
     /// A UDP server in pod `name` answering every datagram with `pod=<name>`.
     pub fn serve_udp(&self, name: &str, port: u16) {
-        let path = format!("/run/netns/{}", self.ns(name));
         let stop = self.stop.clone();
         let label = name.to_string();
         let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let ns = Netns::open(&path).expect("open netns");
-            std::mem::forget(ns.enter().expect("enter netns"));
+        self.netns(name).thread(move || {
             let sock = UdpSocket::bind(("0.0.0.0", port)).expect("bind udp");
             sock.set_read_timeout(Some(Duration::from_millis(50)))
                 .expect("timeout");
@@ -242,38 +193,24 @@ impl World {
 
     /// `nft list table inet podwire-proxy` in the node.
     pub fn nft_list(&self) -> String {
-        let out = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.ns("node"),
-                "nft",
-                "list",
-                "table",
-                "inet",
-                "podwire-proxy",
-            ])
-            .output()
-            .expect("nft");
+        let out = self
+            .netns("node")
+            .exec(&["nft", "list", "table", "inet", "podwire-proxy"]);
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     pub fn nft(&self, args: &[&str]) -> bool {
-        let node = self.ns("node");
-        let mut full = vec!["netns", "exec", node.as_str(), "nft"];
+        let mut full = vec!["nft"];
         full.extend_from_slice(args);
-        Command::new("ip")
-            .args(&full)
-            .status()
-            .is_ok_and(|s| s.success())
+        self.netns("node").exec(&full).status.success()
     }
 }
 
 impl Drop for World {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        for ns in self.namespaces.iter().rev() {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        while let Some((_, ns)) = self.namespaces.pop() {
+            drop(ns);
         }
     }
 }
@@ -354,18 +291,9 @@ pub fn ruleset(objects: Vec<Object>) -> Ruleset {
     compile(&state(objects), &options())
 }
 
-/// Polls `f` until it returns Some or `limit` passes.
-pub fn poll<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if start.elapsed() > limit {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+/// Polls `f` (every 20 ms) until it returns Some or `limit` passes.
+pub fn poll<T>(limit: Duration, f: impl FnMut() -> Option<T>) -> Option<T> {
+    podwire_testsupport::poll(limit, f)
 }
 
 pub fn addr(ip: &str, port: u16) -> SocketAddr {

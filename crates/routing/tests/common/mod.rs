@@ -9,9 +9,8 @@
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::process::Output;
+use std::time::Duration;
 
 use ipnet::Ipv4Net;
 use podwire_kernel::Netlink;
@@ -19,33 +18,22 @@ use podwire_model::k8s_openapi::api::core::v1::{NodeAddress, NodeSpec, NodeStatu
 use podwire_model::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use podwire_model::{ClusterConfig, ClusterState, RoutingMode};
 use podwire_routing::{ApplyReport, RoutePlan, RoutingError, apply};
+use podwire_testsupport::Netns;
 
-static COUNTER: AtomicUsize = AtomicUsize::new(0);
-
-fn unique(tag: &str) -> String {
-    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-    format!("pwr{}-{n}-{tag}", std::process::id())
-}
-
-/// A network namespace that lives as long as the value.
+/// A network namespace that lives as long as the value (the guard is
+/// podwire-testsupport's; this keeps the name at hand for the tests).
 pub struct Ns {
     pub name: String,
+    netns: Netns,
 }
 
 impl Ns {
     pub fn new(tag: &str) -> Ns {
-        let name = unique(tag);
-        let status = Command::new("ip")
-            .args(["netns", "add", &name])
-            .status()
-            .expect("run ip netns add");
-        assert!(
-            status.success(),
-            "ip netns add {name} failed (these tests need root and iproute2)"
-        );
-        let ns = Ns { name };
-        ns.ok("ip link set lo up");
-        ns
+        let netns = Netns::with_prefix("pwr", tag);
+        Ns {
+            name: netns.name().to_string(),
+            netns,
+        }
     }
 
     pub fn path(&self) -> String {
@@ -53,23 +41,12 @@ impl Ns {
     }
 
     pub fn sh(&self, cmd: &str) -> Output {
-        Command::new("ip")
-            .args(["netns", "exec", &self.name, "sh", "-c", cmd])
-            .output()
-            .expect("run ip netns exec")
+        self.netns.sh(cmd)
     }
 
     /// Runs `cmd` inside the namespace; panics with its output on failure.
     pub fn ok(&self, cmd: &str) -> String {
-        let out = self.sh(cmd);
-        assert!(
-            out.status.success(),
-            "`{cmd}` in {} failed: {}{}",
-            self.name,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).to_string()
+        self.netns.ok(cmd)
     }
 
     /// Runs `f` with the calling thread inside this namespace.
@@ -109,15 +86,6 @@ impl Ns {
                ip neigh show dev podwire.1 nud permanent; \
                bridge fdb show dev podwire.1; }; \
              nft list table inet podwire-node 2>/dev/null; true")
-    }
-}
-
-impl Drop for Ns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "delete", &self.name])
-            .stderr(Stdio::null())
-            .status();
     }
 }
 
@@ -322,32 +290,22 @@ pub fn seen_from(ns: &Ns, src: Ipv4Addr) -> u64 {
 
 /// Polls `check` every 20 ms until it holds or `limit` passes; the time it
 /// took, or None.
-pub fn wait_for(limit: Duration, mut check: impl FnMut() -> bool) -> Option<Duration> {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if check() {
-            return Some(start.elapsed());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    None
+pub fn wait_for(limit: Duration, check: impl FnMut() -> bool) -> Option<Duration> {
+    podwire_testsupport::time_until(limit, check)
 }
 
 /// A store directory removed on drop.
 pub struct TempDir {
     pub path: PathBuf,
+    _dir: podwire_testsupport::TempDir,
 }
 
 impl TempDir {
     pub fn new(tag: &str) -> TempDir {
-        let path = std::env::temp_dir().join(unique(tag));
-        std::fs::create_dir_all(&path).expect("create temp dir");
-        TempDir { path }
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
+        let dir = podwire_testsupport::TempDir::new(tag);
+        TempDir {
+            path: dir.path().to_path_buf(),
+            _dir: dir,
+        }
     }
 }

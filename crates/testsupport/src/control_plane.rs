@@ -1,0 +1,910 @@
+//! A real, throwaway Kubernetes control plane for tests: etcd and
+//! kube-apiserver (and optionally kube-controller-manager and
+//! kube-scheduler), the real programs, running inside a network namespace
+//! of their own. That namespace holds a bridge, the "underlay switch", with
+//! the API server's address on it; tests plug their node namespaces into it
+//! with [`ControlPlane::attach`]. Nothing runs in, or sends traffic through,
+//! the host's own namespace, and everything (processes, namespace, files)
+//! is gone when the value drops, even when the test panics.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::k8s::k8s_bin_dir;
+use crate::netns::Netns;
+use crate::pki::{self, Ca, CertPair, Credentials};
+use crate::poll::poll_every;
+use crate::process::{Process, run_with_timeout, tail};
+use crate::tempdir::TempDir;
+
+/// The issuer every service-account token names (kubeadm's default).
+pub const SERVICE_ACCOUNT_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
+
+/// The API server's secure port.
+pub const API_PORT: u16 = 6443;
+
+/// The name of the underlay bridge inside the control plane's namespace.
+pub const UNDERLAY_BRIDGE: &str = "pwsw0";
+
+/// How long one kubectl run may take before it is killed.
+const KUBECTL_LIMIT: Duration = Duration::from_secs(60);
+
+/// How long SIGTERM gets before SIGKILL when a component is stopped.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// How often readiness is checked while starting.
+const READY_POLL: Duration = Duration::from_millis(100);
+
+/// The programs of a control plane, for [`ControlPlane::log_tail`] and
+/// [`ControlPlane::log_path`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Component {
+    /// etcd, the store.
+    Etcd,
+    /// kube-apiserver.
+    ApiServer,
+    /// kube-controller-manager.
+    ControllerManager,
+    /// kube-scheduler.
+    Scheduler,
+}
+
+impl Component {
+    /// The program's name (also its log file's stem).
+    pub fn program(self) -> &'static str {
+        match self {
+            Component::Etcd => "etcd",
+            Component::ApiServer => "kube-apiserver",
+            Component::ControllerManager => "kube-controller-manager",
+            Component::Scheduler => "kube-scheduler",
+        }
+    }
+}
+
+/// Settings of a [`ControlPlane`], builder style; [`ControlPlaneBuilder::start`]
+/// brings it up.
+#[derive(Clone, Debug)]
+pub struct ControlPlaneBuilder {
+    controller_manager: bool,
+    scheduler: bool,
+    service_cidr: String,
+    cluster_cidr: String,
+    node_cidr_mask: u8,
+    underlay: Option<Ipv4Addr>,
+    ready_timeout: Duration,
+    apiserver_args: Vec<String>,
+}
+
+impl Default for ControlPlaneBuilder {
+    fn default() -> Self {
+        ControlPlaneBuilder {
+            controller_manager: false,
+            scheduler: false,
+            service_cidr: "10.96.0.0/12".into(),
+            cluster_cidr: "10.244.0.0/16".into(),
+            node_cidr_mask: 24,
+            underlay: None,
+            ready_timeout: Duration::from_secs(60),
+            apiserver_args: Vec::new(),
+        }
+    }
+}
+
+impl ControlPlaneBuilder {
+    /// Also run kube-controller-manager (default off): Node podCIDRs,
+    /// ServiceAccounts and their tokens, EndpointSlices, Deployments, ...
+    /// Everything but the node lifecycle controller, since test nodes send
+    /// no heartbeats.
+    pub fn with_controller_manager(mut self, on: bool) -> Self {
+        self.controller_manager = on;
+        self
+    }
+
+    /// Also run kube-scheduler (default off).
+    pub fn with_scheduler(mut self, on: bool) -> Self {
+        self.scheduler = on;
+        self
+    }
+
+    /// The Service IP range (default 10.96.0.0/12).
+    pub fn service_cidr(mut self, cidr: &str) -> Self {
+        self.service_cidr = cidr.into();
+        self
+    }
+
+    /// The pod range nodes get their podCIDRs from (default 10.244.0.0/16).
+    pub fn cluster_cidr(mut self, cidr: &str) -> Self {
+        self.cluster_cidr = cidr.into();
+        self
+    }
+
+    /// The size of each node's podCIDR (default 24).
+    pub fn node_cidr_mask(mut self, bits: u8) -> Self {
+        self.node_cidr_mask = bits;
+        self
+    }
+
+    /// The underlay subnet, as the network address of a /24; the API server
+    /// is its `.2`. Default: a 10.200-239.x.0/24 derived from the process
+    /// id and a counter, so parallel tests get different ones.
+    pub fn underlay(mut self, network: Ipv4Addr) -> Self {
+        self.underlay = Some(network);
+        self
+    }
+
+    /// How long each component may take to become ready (default 60 s).
+    pub fn ready_timeout(mut self, limit: Duration) -> Self {
+        self.ready_timeout = limit;
+        self
+    }
+
+    /// One more kube-apiserver flag (`--name=value`), e.g. a feature gate.
+    pub fn apiserver_arg(mut self, flag: &str) -> Self {
+        self.apiserver_args.push(flag.into());
+        self
+    }
+
+    /// Creates the namespace, certificates and kubeconfigs, starts the
+    /// components and waits until each is ready. Panics with the failing
+    /// component's log when one does not come up.
+    pub fn start(self) -> ControlPlane {
+        ControlPlane::launch(self)
+    }
+}
+
+/// A running control plane; see the module documentation. Built with
+/// [`ControlPlane::builder`] or [`ControlPlane::start`].
+pub struct ControlPlane {
+    settings: ControlPlaneBuilder,
+    api_ip: Ipv4Addr,
+    underlay: Ipv4Addr,
+    bin: PathBuf,
+    ca: Ca,
+    service_account_key: String,
+    etcd: Option<Process>,
+    apiserver: Option<Process>,
+    controller_manager: Option<Process>,
+    scheduler: Option<Process>,
+    startup_time: Duration,
+    admin_kubeconfig: PathBuf,
+    ports: AtomicUsize,
+    // Declared last so they drop after the processes: the namespace goes,
+    // then the files.
+    ns: Netns,
+    dir: TempDir,
+}
+
+static INSTANCES: AtomicUsize = AtomicUsize::new(0);
+
+impl ControlPlane {
+    /// The default settings: etcd and kube-apiserver only.
+    pub fn builder() -> ControlPlaneBuilder {
+        ControlPlaneBuilder::default()
+    }
+
+    /// etcd and kube-apiserver with the default settings, ready.
+    pub fn start() -> ControlPlane {
+        ControlPlane::builder().start()
+    }
+
+    /// etcd, kube-apiserver, kube-controller-manager and kube-scheduler
+    /// with the default settings, ready.
+    pub fn start_full() -> ControlPlane {
+        ControlPlane::builder()
+            .with_controller_manager(true)
+            .with_scheduler(true)
+            .start()
+    }
+
+    fn launch(settings: ControlPlaneBuilder) -> ControlPlane {
+        let started = Instant::now();
+        let bin = k8s_bin_dir();
+        let instance = INSTANCES.fetch_add(1, Ordering::SeqCst);
+        let underlay = settings
+            .underlay
+            .unwrap_or_else(|| default_underlay(std::process::id(), instance));
+        let [a, b, c, _] = underlay.octets();
+        let api_ip = Ipv4Addr::new(a, b, c, 2);
+        sweep_stale_dirs_once();
+        let dir = TempDir::new(&format!("{TEMP_TAG}{}", std::process::id()));
+        let ns = Netns::with_prefix("pwcp", "cp");
+        ns.exec_ok(&["ip", "link", "add", UNDERLAY_BRIDGE, "type", "bridge"]);
+        ns.exec_ok(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{api_ip}/24"),
+            "dev",
+            UNDERLAY_BRIDGE,
+        ]);
+        ns.exec_ok(&["ip", "link", "set", UNDERLAY_BRIDGE, "up"]);
+        for sub in ["pki", "logs", "kubeconfigs", "kubectl-cache"] {
+            std::fs::create_dir_all(dir.join(sub))
+                .unwrap_or_else(|e| panic!("cannot create {sub} in the control plane dir: {e}"));
+        }
+        let ca = Ca::new("podwire-test-ca");
+        let (sa_private, sa_public) = pki::service_account_key();
+        let mut cp = ControlPlane {
+            settings,
+            api_ip,
+            underlay,
+            bin,
+            ca,
+            service_account_key: sa_private,
+            etcd: None,
+            apiserver: None,
+            controller_manager: None,
+            scheduler: None,
+            startup_time: Duration::ZERO,
+            admin_kubeconfig: dir.join("kubeconfigs/admin.conf"),
+            ports: AtomicUsize::new(0),
+            ns,
+            dir,
+        };
+        cp.write_pki(&sa_public);
+        cp.start_etcd();
+        // etcd needs no wait: the API server retries it. The other
+        // components do: before RBAC's bootstrap policy exists they are
+        // forbidden to read their own configuration, and exit.
+        cp.start_apiserver();
+        if cp.settings.controller_manager {
+            cp.controller_manager =
+                Some(cp.spawn(Component::ControllerManager, &cp.controller_manager_args()));
+        }
+        if cp.settings.scheduler {
+            cp.scheduler = Some(cp.spawn(Component::Scheduler, &cp.scheduler_args()));
+        }
+        // Both start together; waiting for one lets the other get ready.
+        if cp.settings.controller_manager {
+            cp.wait_controller_manager();
+        }
+        if cp.settings.scheduler {
+            cp.wait_healthz(Component::Scheduler, 10259);
+        }
+        cp.startup_time = started.elapsed();
+        cp
+    }
+
+    // --- addresses and files -------------------------------------------
+
+    /// The API server's address on the underlay (`.2` of the subnet).
+    pub fn api_ip(&self) -> Ipv4Addr {
+        self.api_ip
+    }
+
+    /// `https://<api_ip>:6443`.
+    pub fn api_url(&self) -> String {
+        format!("https://{}:{API_PORT}", self.api_ip)
+    }
+
+    /// The underlay subnet's network address (a /24).
+    pub fn underlay_network(&self) -> Ipv4Addr {
+        self.underlay
+    }
+
+    /// Host `host` of the underlay subnet, e.g. `underlay_ip(10)` for a
+    /// node's address (`.2` is the API server's).
+    pub fn underlay_ip(&self, host: u8) -> Ipv4Addr {
+        let [a, b, c, _] = self.underlay.octets();
+        Ipv4Addr::new(a, b, c, host)
+    }
+
+    /// The Service range the API server allocates from.
+    pub fn service_cidr(&self) -> &str {
+        &self.settings.service_cidr
+    }
+
+    /// The range the controller manager gives node podCIDRs from.
+    pub fn cluster_cidr(&self) -> &str {
+        &self.settings.cluster_cidr
+    }
+
+    /// The first address of the Service range (the `kubernetes` Service).
+    pub fn first_service_ip(&self) -> IpAddr {
+        first_ip(&self.settings.service_cidr)
+    }
+
+    /// The control plane's namespace (etcd and the components run here).
+    pub fn netns(&self) -> &Netns {
+        &self.ns
+    }
+
+    /// The control plane's temp dir (pki/, logs/, kubeconfigs/, etcd/).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The admin kubeconfig (CN kubernetes-admin, group system:masters),
+    /// pointing at [`ControlPlane::api_url`]: usable from the control
+    /// plane's namespace and from every attached one.
+    pub fn admin_kubeconfig(&self) -> &Path {
+        &self.admin_kubeconfig
+    }
+
+    /// The CA certificate, PEM: clients verify the API server with it and
+    /// the API server accepts client certificates it signed.
+    pub fn ca_pem(&self) -> &str {
+        &self.ca.pair().cert_pem
+    }
+
+    /// The CA's private key, PEM (to sign more certificates, e.g. a
+    /// kubelet's serving certificate).
+    pub fn ca_key_pem(&self) -> &str {
+        &self.ca.pair().key_pem
+    }
+
+    /// The CA certificate's file.
+    pub fn ca_path(&self) -> PathBuf {
+        self.dir.join("pki/ca.crt")
+    }
+
+    /// The service-account signing key (PKCS#8 PEM, ECDSA P-256, ES256
+    /// tokens), so a test can forge a token, e.g. an expired one.
+    pub fn service_account_key_pem(&self) -> &str {
+        &self.service_account_key
+    }
+
+    /// A new client certificate signed by the CA (user = CN, group = O).
+    pub fn client_cert(&self, user: &str, group: Option<&str>) -> CertPair {
+        self.ca.client(user, group)
+    }
+
+    /// A kubeconfig for the API server speaking as `user` (in `group`) with
+    /// a client certificate; written as `kubeconfigs/<name>.conf`.
+    pub fn kubeconfig_for_user(&self, user: &str, group: Option<&str>, name: &str) -> PathBuf {
+        let pair = self.ca.client(user, group);
+        self.write_kubeconfig(name, user, Credentials::Cert(&pair))
+    }
+
+    /// A kubeconfig with this bearer token (and the CA), written as
+    /// `kubeconfigs/<name>.conf`.
+    pub fn kubeconfig_for_token(&self, token: &str, name: &str) -> PathBuf {
+        self.write_kubeconfig(name, name, Credentials::Token(token))
+    }
+
+    /// How long bringing the control plane up took (namespace,
+    /// certificates, every component ready).
+    pub fn startup_time(&self) -> Duration {
+        self.startup_time
+    }
+
+    /// Process ids of the running components (etcd, API server, controller
+    /// manager, scheduler; those that run).
+    pub fn pids(&self) -> Vec<u32> {
+        [
+            &self.etcd,
+            &self.apiserver,
+            &self.controller_manager,
+            &self.scheduler,
+        ]
+        .into_iter()
+        .flatten()
+        .map(Process::pid)
+        .collect()
+    }
+
+    /// A component's log file (stdout and stderr; restarts append).
+    pub fn log_path(&self, component: Component) -> PathBuf {
+        self.dir.join(format!("logs/{}.log", component.program()))
+    }
+
+    /// The last `lines` lines of a component's log.
+    pub fn log_tail(&self, component: Component, lines: usize) -> String {
+        tail(&self.log_path(component), lines)
+    }
+
+    // --- the underlay ----------------------------------------------------
+
+    /// Plugs `other` into the underlay bridge: a veth whose end in `other`
+    /// is named `ifname`, carries `address` ("a.b.c.d/24", normally in the
+    /// underlay subnet, see [`ControlPlane::underlay_ip`]) and is up.
+    /// Attached namespaces reach the API server and each other.
+    pub fn attach(&self, other: &Netns, ifname: &str, address: &str) {
+        let port = format!("pwport{}", self.ports.fetch_add(1, Ordering::SeqCst));
+        self.ns.exec_ok(&[
+            "ip",
+            "link",
+            "add",
+            &port,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            ifname,
+            "netns",
+            other.name(),
+        ]);
+        self.ns
+            .exec_ok(&["ip", "link", "set", &port, "master", UNDERLAY_BRIDGE, "up"]);
+        other.exec_ok(&["ip", "addr", "add", address, "dev", ifname]);
+        other.exec_ok(&["ip", "link", "set", ifname, "up"]);
+    }
+
+    // --- kubectl -----------------------------------------------------------
+
+    /// The real kubectl, run inside the control plane's namespace with the
+    /// admin kubeconfig (killed after 60 s).
+    pub fn kubectl(&self, args: &[&str]) -> Output {
+        self.kubectl_with(&self.ns, self.admin_kubeconfig(), args, None)
+    }
+
+    /// [`ControlPlane::kubectl`] that must succeed: its stdout, or a panic
+    /// with its stderr.
+    pub fn kubectl_ok(&self, args: &[&str]) -> String {
+        let out = self.kubectl(args);
+        expect_success(&out, args)
+    }
+
+    /// kubectl with `stdin` as its input (admin, control plane namespace).
+    pub fn kubectl_stdin(&self, args: &[&str], stdin: &str) -> Output {
+        self.kubectl_with(&self.ns, self.admin_kubeconfig(), args, Some(stdin))
+    }
+
+    /// kubectl inside another namespace (e.g. an attached node) with
+    /// another kubeconfig (e.g. from [`ControlPlane::kubeconfig_for_token`]).
+    pub fn kubectl_in(&self, netns: &Netns, kubeconfig: &Path, args: &[&str]) -> Output {
+        self.kubectl_with(netns, kubeconfig, args, None)
+    }
+
+    /// `kubectl apply -f -` of `yaml` as admin; its stdout, or a panic.
+    pub fn apply(&self, yaml: &str) -> String {
+        let args = ["apply", "-f", "-"];
+        let out = self.kubectl_stdin(&args, yaml);
+        expect_success(&out, &args)
+    }
+
+    /// A token of ServiceAccount `namespace/service_account`
+    /// (`kubectl create token`, one hour).
+    pub fn create_token(&self, namespace: &str, service_account: &str) -> String {
+        self.kubectl_ok(&["create", "token", service_account, "-n", namespace])
+            .trim()
+            .to_string()
+    }
+
+    fn kubectl_with(
+        &self,
+        netns: &Netns,
+        kubeconfig: &Path,
+        args: &[&str],
+        stdin: Option<&str>,
+    ) -> Output {
+        let mut cmd = netns.command(self.bin.join("kubectl"));
+        // A cache of our own: the machine's ~/.kube/cache is keyed by
+        // address, and addresses repeat across test runs.
+        cmd.arg("--kubeconfig")
+            .arg(kubeconfig)
+            .arg("--cache-dir")
+            .arg(self.dir.join("kubectl-cache"))
+            .args(args);
+        run_with_timeout(cmd, stdin.map(str::as_bytes), KUBECTL_LIMIT)
+    }
+
+    // --- lifecycle -----------------------------------------------------------
+
+    /// Stops the API server (SIGTERM, then SIGKILL); etcd keeps running.
+    pub fn stop_apiserver(&mut self) {
+        if let Some(mut p) = self.apiserver.take() {
+            p.stop(STOP_GRACE);
+        }
+    }
+
+    /// Starts the API server with the flags it had and waits until
+    /// /readyz answers ok. Does nothing when it runs.
+    pub fn start_apiserver(&mut self) {
+        if self.apiserver.as_mut().is_some_and(Process::is_running) {
+            return;
+        }
+        self.apiserver = Some(self.spawn(Component::ApiServer, &self.apiserver_args()));
+        self.wait_apiserver();
+    }
+
+    /// Stops and starts the API server (etcd and its data stay), ready.
+    pub fn restart_apiserver(&mut self) {
+        self.stop_apiserver();
+        self.start_apiserver();
+    }
+
+    fn start_etcd(&mut self) {
+        let data = self.dir.join("etcd");
+        let args = vec![
+            "--name=default".to_string(),
+            format!("--data-dir={}", data.display()),
+            "--listen-client-urls=http://127.0.0.1:2379".into(),
+            "--advertise-client-urls=http://127.0.0.1:2379".into(),
+            "--listen-peer-urls=http://127.0.0.1:2380".into(),
+            "--initial-advertise-peer-urls=http://127.0.0.1:2380".into(),
+            "--initial-cluster=default=http://127.0.0.1:2380".into(),
+            "--unsafe-no-fsync=true".into(),
+            "--log-level=warn".into(),
+        ];
+        self.etcd = Some(self.spawn(Component::Etcd, &args));
+    }
+
+    fn apiserver_args(&self) -> Vec<String> {
+        let pki = self.dir.join("pki");
+        let p = |f: &str| pki.join(f).display().to_string();
+        let mut args = vec![
+            "--etcd-servers=http://127.0.0.1:2379".to_string(),
+            format!("--secure-port={API_PORT}"),
+            "--bind-address=0.0.0.0".into(),
+            format!("--advertise-address={}", self.api_ip),
+            format!("--service-cluster-ip-range={}", self.settings.service_cidr),
+            format!("--service-account-issuer={SERVICE_ACCOUNT_ISSUER}"),
+            format!("--service-account-key-file={}", p("sa.pub")),
+            format!("--service-account-signing-key-file={}", p("sa.key")),
+            "--authorization-mode=Node,RBAC".into(),
+            // As kubeadm: a kubelet may only write its own Node and Pods.
+            "--enable-admission-plugins=NodeRestriction".into(),
+            "--allow-privileged=true".into(),
+            format!("--client-ca-file={}", p("ca.crt")),
+            format!("--tls-cert-file={}", p("apiserver.crt")),
+            format!("--tls-private-key-file={}", p("apiserver.key")),
+            format!(
+                "--kubelet-client-certificate={}",
+                p("apiserver-kubelet-client.crt")
+            ),
+            format!("--kubelet-client-key={}", p("apiserver-kubelet-client.key")),
+            // As kubeadm: the authentication configmap then holds a
+            // request-header CA, which the controller manager and the
+            // scheduler read (without it they log an error every second).
+            format!("--requestheader-client-ca-file={}", p("front-proxy-ca.crt")),
+            "--requestheader-allowed-names=front-proxy-client".into(),
+            "--requestheader-username-headers=X-Remote-User".into(),
+            "--requestheader-group-headers=X-Remote-Group".into(),
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-".into(),
+            format!("--proxy-client-cert-file={}", p("front-proxy-client.crt")),
+            format!("--proxy-client-key-file={}", p("front-proxy-client.key")),
+            // Test nodes are reached at their underlay address; their
+            // hostnames resolve nowhere.
+            "--kubelet-preferred-address-types=InternalIP,Hostname".into(),
+            // Its own self-signed fallbacks would go to /var/run/kubernetes.
+            format!("--cert-dir={}", p("apiserver-generated")),
+            // Fewer controllers and endpoints to start: a faster /readyz.
+            "--enable-priority-and-fairness=false".into(),
+            "--profiling=false".into(),
+        ];
+        args.extend(self.settings.apiserver_args.iter().cloned());
+        args
+    }
+
+    fn controller_manager_args(&self) -> Vec<String> {
+        let pki = self.dir.join("pki");
+        let p = |f: &str| pki.join(f).display().to_string();
+        let kubeconfig = self
+            .dir
+            .join("kubeconfigs/controller-manager.conf")
+            .display()
+            .to_string();
+        vec![
+            format!("--kubeconfig={kubeconfig}"),
+            format!("--authentication-kubeconfig={kubeconfig}"),
+            format!("--authorization-kubeconfig={kubeconfig}"),
+            format!("--client-ca-file={}", p("ca.crt")),
+            "--bind-address=127.0.0.1".into(),
+            "--leader-elect=false".into(),
+            "--use-service-account-credentials=true".into(),
+            "--allocate-node-cidrs=true".into(),
+            format!("--cluster-cidr={}", self.settings.cluster_cidr),
+            format!("--node-cidr-mask-size={}", self.settings.node_cidr_mask),
+            format!("--service-cluster-ip-range={}", self.settings.service_cidr),
+            format!("--service-account-private-key-file={}", p("sa.key")),
+            format!("--root-ca-file={}", p("ca.crt")),
+            format!("--cluster-signing-cert-file={}", p("ca.crt")),
+            format!("--cluster-signing-key-file={}", p("ca.key")),
+            // Test nodes send no heartbeats: the lifecycle controller
+            // would taint them unreachable and evict their pods.
+            "--controllers=*,-node-lifecycle-controller".into(),
+            "--profiling=false".into(),
+            // With its client-side default (20 requests/s) the ServiceAccount
+            // and token requests of --use-service-account-credentials take
+            // five seconds before the controllers run; measured: 9 s -> 4 s.
+            "--kube-api-qps=1000".into(),
+            "--kube-api-burst=1000".into(),
+        ]
+    }
+
+    fn scheduler_args(&self) -> Vec<String> {
+        let kubeconfig = self
+            .dir
+            .join("kubeconfigs/scheduler.conf")
+            .display()
+            .to_string();
+        vec![
+            format!("--kubeconfig={kubeconfig}"),
+            format!("--authentication-kubeconfig={kubeconfig}"),
+            format!("--authorization-kubeconfig={kubeconfig}"),
+            "--bind-address=127.0.0.1".into(),
+            "--leader-elect=false".into(),
+            "--profiling=false".into(),
+            // Tests create pods in bursts; the default 50/s would pace them.
+            "--kube-api-qps=1000".into(),
+            "--kube-api-burst=1000".into(),
+        ]
+    }
+
+    /// `ip netns exec <ns> <program> args`, output appended to its log.
+    fn spawn(&self, component: Component, args: &[String]) -> Process {
+        let log_path = self.log_path(component);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .unwrap_or_else(|e| panic!("cannot open {}: {e}", log_path.display()));
+        let err = log
+            .try_clone()
+            .unwrap_or_else(|e| panic!("cannot dup {}: {e}", log_path.display()));
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", self.ns.name()])
+            .arg(self.bin.join(component.program()))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err);
+        Process::spawn(component.program(), cmd)
+    }
+
+    fn process_mut(&mut self, component: Component) -> Option<&mut Process> {
+        match component {
+            Component::Etcd => self.etcd.as_mut(),
+            Component::ApiServer => self.apiserver.as_mut(),
+            Component::ControllerManager => self.controller_manager.as_mut(),
+            Component::Scheduler => self.scheduler.as_mut(),
+        }
+    }
+
+    /// Polls `check` until it holds; panics with the component's log when
+    /// it exits or the time runs out.
+    fn wait_ready(
+        &mut self,
+        component: Component,
+        what: &str,
+        mut check: impl FnMut(&Self) -> bool,
+    ) {
+        let limit = self.settings.ready_timeout;
+        let mut exited = None;
+        let ready = poll_every(limit, READY_POLL, || {
+            // Everything waits on etcd: if it died, say so, not "timeout".
+            for c in [Component::Etcd, component] {
+                if let Some(p) = self.process_mut(c)
+                    && !p.is_running()
+                {
+                    exited = Some((c, p.exit_status()));
+                    return Some(false);
+                }
+            }
+            check(self).then_some(true)
+        });
+        if ready == Some(true) {
+            return;
+        }
+        let (why, culprit) = match exited {
+            Some((c, Some(status))) => (format!("{} exited ({status})", c.program()), c),
+            Some((c, None)) => (format!("{} exited", c.program()), c),
+            None => (format!("not within {limit:?}"), component),
+        };
+        let mut logs = format!(
+            "--- {} log (last 40 lines) ---\n{}",
+            culprit.program(),
+            self.log_tail(culprit, 40)
+        );
+        if culprit != Component::Etcd {
+            logs.push_str(&format!(
+                "\n--- etcd log (last 10 lines) ---\n{}",
+                self.log_tail(Component::Etcd, 10)
+            ));
+        }
+        panic!(
+            "control plane: {what}: {why} (binaries from {}; all logs in {})\n{logs}",
+            self.bin.display(),
+            self.dir.join("logs").display()
+        );
+    }
+
+    fn wait_apiserver(&mut self) {
+        self.wait_ready(Component::ApiServer, "kube-apiserver /readyz", |cp| {
+            let out = cp.kubectl(&["get", "--raw", "/readyz"]);
+            out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok"
+        });
+    }
+
+    fn wait_healthz(&mut self, component: Component, port: u16) {
+        let url = format!("https://127.0.0.1:{port}/healthz");
+        self.wait_ready(component, &format!("{} {url}", component.program()), |cp| {
+            // Its serving certificate is self-signed; only "is it up" matters.
+            let out = cp.ns.exec(&["curl", "-sk", "--max-time", "2", &url]);
+            out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok"
+        });
+    }
+
+    fn wait_controller_manager(&mut self) {
+        self.wait_healthz(Component::ControllerManager, 10257);
+        // Healthy is not working: the ServiceAccount controller has made the
+        // default namespace's account once it has synced.
+        self.wait_ready(
+            Component::ControllerManager,
+            "ServiceAccount default/default (made by the controller manager)",
+            |cp| {
+                cp.kubectl(&["get", "serviceaccount", "default", "-n", "default"])
+                    .status
+                    .success()
+            },
+        );
+    }
+
+    fn write_pki(&self, sa_public: &str) {
+        let pki = self.dir.join("pki");
+        self.ca.pair().write(&pki, "ca");
+        pki::write(&pki.join("sa.key"), &self.service_account_key);
+        pki::write(&pki.join("sa.pub"), sa_public);
+        let ips = [
+            IpAddr::V4(self.api_ip),
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            self.first_service_ip(),
+        ];
+        self.ca
+            .serving(
+                "kube-apiserver",
+                &[
+                    "localhost",
+                    "kubernetes",
+                    "kubernetes.default",
+                    "kubernetes.default.svc",
+                    "kubernetes.default.svc.cluster.local",
+                ],
+                &ips,
+            )
+            .write(&pki, "apiserver");
+        let front_proxy = Ca::new("front-proxy-ca");
+        front_proxy.pair().write(&pki, "front-proxy-ca");
+        front_proxy
+            .client("front-proxy-client", None)
+            .write(&pki, "front-proxy-client");
+        self.ca
+            .client("kube-apiserver-kubelet-client", Some("system:masters"))
+            .write(&pki, "apiserver-kubelet-client");
+        for (name, user, group) in [
+            ("admin", "kubernetes-admin", Some("system:masters")),
+            ("controller-manager", "system:kube-controller-manager", None),
+            ("scheduler", "system:kube-scheduler", None),
+        ] {
+            let pair = self.ca.client(user, group);
+            self.write_kubeconfig(name, user, Credentials::Cert(&pair));
+        }
+    }
+
+    fn write_kubeconfig(&self, name: &str, user: &str, creds: Credentials<'_>) -> PathBuf {
+        let path = self.dir.join(format!("kubeconfigs/{name}.conf"));
+        let text = pki::kubeconfig(&self.api_url(), self.ca_pem(), user, creds);
+        pki::write(&path, &text);
+        path
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        // The API server's shutdown talks to etcd (it removes its lease
+        // endpoint): with etcd gone first it hangs until SIGKILL. So the
+        // components go first, together (one grace period, not three), then
+        // etcd; the namespace and the temp dir (etcd's data) go after, in
+        // field order.
+        let mut components: Vec<Process> = [
+            self.scheduler.take(),
+            self.controller_manager.take(),
+            self.apiserver.take(),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        for p in &mut components {
+            if p.is_running() {
+                crate::process::signal(p.pid(), libc::SIGTERM);
+            }
+        }
+        let deadline = Instant::now() + STOP_GRACE;
+        for p in &mut components {
+            p.stop(deadline.saturating_duration_since(Instant::now()));
+        }
+        if let Some(mut etcd) = self.etcd.take() {
+            etcd.stop(STOP_GRACE);
+        }
+    }
+}
+
+/// Control-plane temp dirs are `podwire-cp<pid>-XXXXXX`.
+const TEMP_TAG: &str = "cp";
+
+/// Removes the temp dirs (etcd data, 64 MB of preallocated WAL each) of
+/// test processes that were killed before their control planes dropped.
+/// Their programs died with them (PR_SET_PDEATHSIG) and their namespaces
+/// are swept by [`Netns`]. Once per test process.
+fn sweep_stale_dirs_once() {
+    static SWEEP: std::sync::Once = std::sync::Once::new();
+    SWEEP.call_once(|| {
+        let prefix = format!("podwire-{TEMP_TAG}");
+        let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(pid) = name
+                .strip_prefix(&prefix)
+                .and_then(|rest| rest.split_once('-'))
+                .and_then(|(pid, _)| pid.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    });
+}
+
+fn expect_success(out: &Output, args: &[&str]) -> String {
+    assert!(
+        out.status.success(),
+        "kubectl {} failed ({}): {}{}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// 10.Y.Z.0 with Y in 200..=239: 10240 subnets, none overlapping the
+/// default Service (10.96.0.0/12) or pod (10.244.0.0/16) ranges.
+fn default_underlay(pid: u32, instance: usize) -> Ipv4Addr {
+    let n = (pid as usize % 160) * 64 + instance % 64;
+    Ipv4Addr::new(10, 200 + (n / 256) as u8, (n % 256) as u8, 0)
+}
+
+/// The first host address of a CIDR ("10.96.0.0/12" -> 10.96.0.1).
+fn first_ip(cidr: &str) -> IpAddr {
+    let (addr, bits) = cidr
+        .split_once('/')
+        .unwrap_or_else(|| panic!("{cidr:?} is not a CIDR"));
+    let addr: IpAddr = addr
+        .parse()
+        .unwrap_or_else(|e| panic!("{cidr:?} is not a CIDR: {e}"));
+    let bits: u32 = bits
+        .parse()
+        .unwrap_or_else(|e| panic!("{cidr:?} is not a CIDR: {e}"));
+    match addr {
+        IpAddr::V4(v4) => {
+            let mask = u32::MAX.checked_shl(32 - bits.min(32)).unwrap_or(0);
+            IpAddr::V4(Ipv4Addr::from((u32::from(v4) & mask) + 1))
+        }
+        IpAddr::V6(v6) => {
+            let mask = u128::MAX.checked_shl(128 - bits.min(128)).unwrap_or(0);
+            IpAddr::V6((u128::from(v6) & mask).wrapping_add(1).into())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_service_ip_of_a_range() {
+        assert_eq!(first_ip("10.96.0.0/12").to_string(), "10.96.0.1");
+        assert_eq!(first_ip("10.100.5.7/16").to_string(), "10.100.0.1");
+        assert_eq!(first_ip("fd00:10:96::/108").to_string(), "fd00:10:96::1");
+    }
+
+    #[test]
+    fn default_underlays_stay_in_their_range_and_differ() {
+        let a = default_underlay(4242, 0);
+        let b = default_underlay(4242, 1);
+        assert_ne!(a, b);
+        for (pid, i) in [(0, 0), (159, 63), (u32::MAX, usize::MAX)] {
+            let [x, y, _, w] = default_underlay(pid, i).octets();
+            assert_eq!((x, w), (10, 0));
+            assert!((200..=239).contains(&y), "{y}");
+        }
+    }
+}
