@@ -159,6 +159,11 @@ fn proto_number(p: Option<&str>) -> Option<u8> {
     }
 }
 
+/// The skip reason of a Service whose type is none of ClusterIP, NodePort,
+/// LoadBalancer, ExternalName.
+pub const UNKNOWN_TYPE: &str =
+    "unknown type (known: ClusterIP, NodePort, LoadBalancer, ExternalName): not proxied";
+
 /// Why a Service gets no rules at all (None: it gets rules).
 pub fn skip_reason(svc: &Service) -> Option<&'static str> {
     if svc
@@ -172,8 +177,12 @@ pub fn skip_reason(svc: &Service) -> Option<&'static str> {
     let Some(spec) = svc.spec.as_ref() else {
         return Some("no spec");
     };
-    if spec.type_.as_deref() == Some("ExternalName") {
-        return Some("ExternalName: DNS only");
+    match spec.type_.as_deref() {
+        Some("ExternalName") => return Some("ExternalName: DNS only"),
+        None | Some("ClusterIP" | "NodePort" | "LoadBalancer") => {}
+        // A newer API's type this proxy does not know: guessing what it
+        // means could steal traffic, so it gets nothing (and a warning).
+        Some(_) => return Some(UNKNOWN_TYPE),
     }
     match spec.cluster_ip.as_deref() {
         Some("None") => Some("headless: DNS only"),
@@ -784,6 +793,13 @@ impl Compiler {
                 self.ruleset.services.insert(key.clone(), Arc::new(rules));
             }
             None => {
+                if skip_reason(svc) == Some(UNKNOWN_TYPE) {
+                    tracing::warn!(
+                        service = %format!("{}/{}", key.0, key.1),
+                        r#type = svc.spec.as_ref().and_then(|s| s.type_.as_deref()).unwrap_or_default(),
+                        "Service of an unknown type is not proxied: {UNKNOWN_TYPE}"
+                    );
+                }
                 self.ruleset.services.remove(key);
             }
         }
