@@ -29,6 +29,7 @@ spec:
 fn agent(cluster: &Cluster, node: &Node, routing: &str) -> podwire_testsupport::Process {
     let kubeconfig = cluster.kubeconfig_for("kube-system", "podwire-node");
     let status = cluster.dir.join(format!("{}.status", node.name));
+    let cni = cluster.dir.join(format!("cni-{}", node.name));
     cluster.podwire(
         &node.ns,
         &format!("agent-{}", node.name),
@@ -46,6 +47,11 @@ fn agent(cluster: &Cluster, node: &Node, routing: &str) -> podwire_testsupport::
             routing,
             "--status-file",
             &status.display().to_string(),
+            "--install-cni",
+            "--cni-bin-dir",
+            &cni.join("bin").display().to_string(),
+            "--cni-conf-dir",
+            &cni.join("net.d").display().to_string(),
         ],
     )
 }
@@ -71,6 +77,23 @@ fn agents_route_and_proxy_what_kubectl_creates() {
     assert!(eventually(CONVERGE, || b
         .sh("ip route")
         .contains(&format!("{cidr_a} via {}", a.ip))));
+    // The CNI plugin and the node's conflist, with the slice the API gave it.
+    let conflist = c.dir.join("cni-node-a/net.d/10-podwire.conflist");
+    assert!(
+        eventually(CONVERGE, || std::fs::read_to_string(&conflist)
+            .is_ok_and(|t| t.contains(&format!("\"subnet\": \"{cidr_a}\"")))),
+        "no conflist with {cidr_a}: {:?}",
+        std::fs::read_to_string(&conflist)
+    );
+    let plugin = c.dir.join("cni-node-a/bin/podwire");
+    let version = std::process::Command::new(&plugin)
+        .env("CNI_COMMAND", "VERSION")
+        .output()
+        .expect("the installed plugin runs");
+    assert!(
+        String::from_utf8_lossy(&version.stdout).contains("supportedVersions"),
+        "{version:?}"
+    );
     // Egress masquerade, as Flannel does it.
     assert!(
         a.sh("nft list table inet podwire-node")
