@@ -105,28 +105,57 @@ impl LabCa {
         })
     }
 
-    /// A server certificate and its new key (both PEM) for `hosts`.
+    /// A server certificate and its new key (both PEM) for `hosts`
+    /// (DNS names or IP addresses).
     pub fn issue(&self, hosts: &[String]) -> Result<(String, String)> {
+        let cn = hosts.first().cloned().unwrap_or_default();
+        self.issue_for(&cn, None, hosts, ExtendedKeyUsagePurpose::ServerAuth)
+    }
+
+    /// A client certificate: Kubernetes takes the user from the CN and the
+    /// group from O (`system:node:node01` in `system:nodes`).
+    pub fn client(&self, user: &str, group: Option<&str>) -> Result<(String, String)> {
+        self.issue_for(user, group, &[], ExtendedKeyUsagePurpose::ClientAuth)
+    }
+
+    /// A server certificate with its own common name (the API server's,
+    /// a kubelet's) for these names and addresses.
+    pub fn serving(&self, common_name: &str, hosts: &[String]) -> Result<(String, String)> {
+        self.issue_for(
+            common_name,
+            None,
+            hosts,
+            ExtendedKeyUsagePurpose::ServerAuth,
+        )
+    }
+
+    fn issue_for(
+        &self,
+        common_name: &str,
+        organization: Option<&str>,
+        hosts: &[String],
+        usage: ExtendedKeyUsagePurpose,
+    ) -> Result<(String, String)> {
         let mut params = CertificateParams::new(hosts.to_vec())
             .map_err(|e| ca_error(&format!("cannot make a certificate for {hosts:?}"), e))?;
         let mut dn = DistinguishedName::new();
-        dn.push(
-            DnType::CommonName,
-            hosts.first().cloned().unwrap_or_default(),
-        );
+        if let Some(org) = organization {
+            dn.push(DnType::OrganizationName, org);
+        }
+        dn.push(DnType::CommonName, common_name);
         params.distinguished_name = dn;
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![
             KeyUsagePurpose::DigitalSignature,
             KeyUsagePurpose::KeyEncipherment,
         ];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.extended_key_usages = vec![usage];
         params.use_authority_key_identifier_extension = true;
         set_validity(&mut params);
         let key = KeyPair::generate().map_err(|e| ca_error("cannot generate a key", e))?;
         let cert = params
             .signed_by(&key, &self.issuer)
-            .map_err(|e| ca_error(&format!("cannot sign a certificate for {hosts:?}"), e))?;
+            .map_err(|e| ca_error(&format!("cannot sign a certificate for {common_name}"), e))?;
         Ok((cert.pem(), key.serialize_pem()))
     }
 
@@ -169,7 +198,8 @@ pub fn is_current(secret: &Secret, cert: &LabCertificate) -> bool {
         && annotations.and_then(|a| a.get(HOSTS_ANNOTATION)) == Some(&cert.hosts.join(","))
 }
 
-fn write_file(path: &Path, body: &[u8], mode: u32) -> Result<()> {
+/// Writes a file with this mode (keys 0600), replacing what was there.
+pub fn write_file(path: &Path, body: &[u8], mode: u32) -> Result<()> {
     use std::io::Write;
     let what = || format!("cannot write {}", path.display());
     let mut file = std::fs::OpenOptions::new()

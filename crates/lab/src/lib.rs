@@ -5,6 +5,7 @@
 //! podwire agent; one supervisor process per lab owns the long-running parts.
 
 pub mod certs;
+pub mod controlplane;
 pub mod error;
 pub mod get;
 pub mod netns;

@@ -13,18 +13,17 @@ use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use podwire_lab::certs::LabCa;
+use podwire_lab::controlplane::{ControlPlaneConfig, first_address};
+
 use crate::k8s::k8s_bin_dir;
 use crate::netns::Netns;
-use crate::pki::{self, Ca, CertPair, Credentials};
+use crate::pki::CertPair;
 use crate::poll::poll_every;
 use crate::process::{Process, run_with_timeout, tail};
 use crate::tempdir::TempDir;
 
-/// The issuer every service-account token names (kubeadm's default).
-pub const SERVICE_ACCOUNT_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
-
-/// The API server's secure port.
-pub const API_PORT: u16 = 6443;
+pub use podwire_lab::controlplane::{API_PORT, SERVICE_ACCOUNT_ISSUER};
 
 /// The name of the underlay bridge inside the control plane's namespace.
 pub const UNDERLAY_BRIDGE: &str = "pwsw0";
@@ -40,29 +39,7 @@ const READY_POLL: Duration = Duration::from_millis(100);
 
 /// The programs of a control plane, for [`ControlPlane::log_tail`] and
 /// [`ControlPlane::log_path`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Component {
-    /// etcd, the store.
-    Etcd,
-    /// kube-apiserver.
-    ApiServer,
-    /// kube-controller-manager.
-    ControllerManager,
-    /// kube-scheduler.
-    Scheduler,
-}
-
-impl Component {
-    /// The program's name (also its log file's stem).
-    pub fn program(self) -> &'static str {
-        match self {
-            Component::Etcd => "etcd",
-            Component::ApiServer => "kube-apiserver",
-            Component::ControllerManager => "kube-controller-manager",
-            Component::Scheduler => "kube-scheduler",
-        }
-    }
-}
+pub use podwire_lab::controlplane::Component;
 
 /// Settings of a [`ControlPlane`], builder style; [`ControlPlaneBuilder::start`]
 /// brings it up.
@@ -162,7 +139,10 @@ pub struct ControlPlane {
     api_ip: Ipv4Addr,
     underlay: Ipv4Addr,
     bin: PathBuf,
-    ca: Ca,
+    ca: LabCa,
+    ca_key_pem: String,
+    /// The layout the lab uses too: certificates, kubeconfigs, flags.
+    layout: ControlPlaneConfig,
     service_account_key: String,
     etcd: Option<Process>,
     apiserver: Option<Process>,
@@ -225,15 +205,41 @@ impl ControlPlane {
             std::fs::create_dir_all(dir.join(sub))
                 .unwrap_or_else(|e| panic!("cannot create {sub} in the control plane dir: {e}"));
         }
-        let ca = Ca::new("podwire-test-ca");
-        let (sa_private, sa_public) = pki::service_account_key();
+        let ca = LabCa::create(&dir.join("pki"), "podwire-test")
+            .unwrap_or_else(|e| panic!("cannot make the test CA: {e}"));
+        let ca_key_pem = std::fs::read_to_string(LabCa::key_path(&dir.join("pki")))
+            .unwrap_or_else(|e| panic!("cannot read the test CA key: {e}"));
+        let parse = |cidr: &str| {
+            cidr.parse()
+                .unwrap_or_else(|e| panic!("{cidr:?} is not a CIDR: {e}"))
+        };
+        let layout = ControlPlaneConfig {
+            dir: dir.path().to_path_buf(),
+            api_ip: IpAddr::V4(api_ip),
+            service_cidr: parse(&settings.service_cidr),
+            cluster_cidr: parse(&settings.cluster_cidr),
+            node_cidr_mask: settings.node_cidr_mask,
+            cluster_domain: "cluster.local".into(),
+            // Test nodes send no heartbeats: the lifecycle controller would
+            // taint them unreachable and evict their pods.
+            node_lifecycle: false,
+            etcd_on_node_address: false,
+            extra_apiserver_args: settings.apiserver_args.clone(),
+        };
+        layout
+            .write_pki(&ca, &ca_key_pem)
+            .unwrap_or_else(|e| panic!("cannot write the control plane's certificates: {e}"));
+        let service_account_key = std::fs::read_to_string(layout.pki().join("sa.key"))
+            .unwrap_or_else(|e| panic!("cannot read the service-account key: {e}"));
         let mut cp = ControlPlane {
             settings,
             api_ip,
             underlay,
             bin,
             ca,
-            service_account_key: sa_private,
+            ca_key_pem,
+            layout,
+            service_account_key,
             etcd: None,
             apiserver: None,
             controller_manager: None,
@@ -244,7 +250,6 @@ impl ControlPlane {
             ns,
             dir,
         };
-        cp.write_pki(&sa_public);
         cp.start_etcd();
         // etcd needs no wait: the API server retries it. The other
         // components do: before RBAC's bootstrap policy exists they are
@@ -304,7 +309,7 @@ impl ControlPlane {
 
     /// The first address of the Service range (the `kubernetes` Service).
     pub fn first_service_ip(&self) -> IpAddr {
-        first_ip(&self.settings.service_cidr)
+        first_address(self.layout.service_cidr)
     }
 
     /// The control plane's namespace (etcd and the components run here).
@@ -327,13 +332,13 @@ impl ControlPlane {
     /// The CA certificate, PEM: clients verify the API server with it and
     /// the API server accepts client certificates it signed.
     pub fn ca_pem(&self) -> &str {
-        &self.ca.pair().cert_pem
+        &self.ca.cert_pem
     }
 
     /// The CA's private key, PEM (to sign more certificates, e.g. a
     /// kubelet's serving certificate).
     pub fn ca_key_pem(&self) -> &str {
-        &self.ca.pair().key_pem
+        &self.ca_key_pem
     }
 
     /// The CA certificate's file.
@@ -349,20 +354,27 @@ impl ControlPlane {
 
     /// A new client certificate signed by the CA (user = CN, group = O).
     pub fn client_cert(&self, user: &str, group: Option<&str>) -> CertPair {
-        self.ca.client(user, group)
+        let (cert_pem, key_pem) = self
+            .ca
+            .client(user, group)
+            .unwrap_or_else(|e| panic!("cannot issue a client certificate: {e}"));
+        CertPair { cert_pem, key_pem }
     }
 
     /// A kubeconfig for the API server speaking as `user` (in `group`) with
     /// a client certificate; written as `kubeconfigs/<name>.conf`.
     pub fn kubeconfig_for_user(&self, user: &str, group: Option<&str>, name: &str) -> PathBuf {
-        let pair = self.ca.client(user, group);
-        self.write_kubeconfig(name, user, Credentials::Cert(&pair))
+        self.layout
+            .write_kubeconfig(&self.ca, name, user, group)
+            .unwrap_or_else(|e| panic!("cannot write kubeconfig {name}: {e}"))
     }
 
     /// A kubeconfig with this bearer token (and the CA), written as
     /// `kubeconfigs/<name>.conf`.
     pub fn kubeconfig_for_token(&self, token: &str, name: &str) -> PathBuf {
-        self.write_kubeconfig(name, name, Credentials::Token(token))
+        self.layout
+            .write_token_kubeconfig(&self.ca, name, token)
+            .unwrap_or_else(|e| panic!("cannot write kubeconfig {name}: {e}"))
     }
 
     /// How long bringing the control plane up took (namespace,
@@ -508,121 +520,19 @@ impl ControlPlane {
     }
 
     fn start_etcd(&mut self) {
-        let data = self.dir.join("etcd");
-        let args = vec![
-            "--name=default".to_string(),
-            format!("--data-dir={}", data.display()),
-            "--listen-client-urls=http://127.0.0.1:2379".into(),
-            "--advertise-client-urls=http://127.0.0.1:2379".into(),
-            "--listen-peer-urls=http://127.0.0.1:2380".into(),
-            "--initial-advertise-peer-urls=http://127.0.0.1:2380".into(),
-            "--initial-cluster=default=http://127.0.0.1:2380".into(),
-            "--unsafe-no-fsync=true".into(),
-            "--log-level=warn".into(),
-        ];
-        self.etcd = Some(self.spawn(Component::Etcd, &args));
+        self.etcd = Some(self.spawn(Component::Etcd, &self.layout.args(Component::Etcd)));
     }
 
     fn apiserver_args(&self) -> Vec<String> {
-        let pki = self.dir.join("pki");
-        let p = |f: &str| pki.join(f).display().to_string();
-        let mut args = vec![
-            "--etcd-servers=http://127.0.0.1:2379".to_string(),
-            format!("--secure-port={API_PORT}"),
-            "--bind-address=0.0.0.0".into(),
-            format!("--advertise-address={}", self.api_ip),
-            format!("--service-cluster-ip-range={}", self.settings.service_cidr),
-            format!("--service-account-issuer={SERVICE_ACCOUNT_ISSUER}"),
-            format!("--service-account-key-file={}", p("sa.pub")),
-            format!("--service-account-signing-key-file={}", p("sa.key")),
-            "--authorization-mode=Node,RBAC".into(),
-            // As kubeadm: a kubelet may only write its own Node and Pods.
-            "--enable-admission-plugins=NodeRestriction".into(),
-            "--allow-privileged=true".into(),
-            format!("--client-ca-file={}", p("ca.crt")),
-            format!("--tls-cert-file={}", p("apiserver.crt")),
-            format!("--tls-private-key-file={}", p("apiserver.key")),
-            format!(
-                "--kubelet-client-certificate={}",
-                p("apiserver-kubelet-client.crt")
-            ),
-            format!("--kubelet-client-key={}", p("apiserver-kubelet-client.key")),
-            // As kubeadm: the authentication configmap then holds a
-            // request-header CA, which the controller manager and the
-            // scheduler read (without it they log an error every second).
-            format!("--requestheader-client-ca-file={}", p("front-proxy-ca.crt")),
-            "--requestheader-allowed-names=front-proxy-client".into(),
-            "--requestheader-username-headers=X-Remote-User".into(),
-            "--requestheader-group-headers=X-Remote-Group".into(),
-            "--requestheader-extra-headers-prefix=X-Remote-Extra-".into(),
-            format!("--proxy-client-cert-file={}", p("front-proxy-client.crt")),
-            format!("--proxy-client-key-file={}", p("front-proxy-client.key")),
-            // Test nodes are reached at their underlay address; their
-            // hostnames resolve nowhere.
-            "--kubelet-preferred-address-types=InternalIP,Hostname".into(),
-            // Its own self-signed fallbacks would go to /var/run/kubernetes.
-            format!("--cert-dir={}", p("apiserver-generated")),
-            // Fewer controllers and endpoints to start: a faster /readyz.
-            "--enable-priority-and-fairness=false".into(),
-            "--profiling=false".into(),
-        ];
-        args.extend(self.settings.apiserver_args.iter().cloned());
-        args
+        self.layout.args(Component::ApiServer)
     }
 
     fn controller_manager_args(&self) -> Vec<String> {
-        let pki = self.dir.join("pki");
-        let p = |f: &str| pki.join(f).display().to_string();
-        let kubeconfig = self
-            .dir
-            .join("kubeconfigs/controller-manager.conf")
-            .display()
-            .to_string();
-        vec![
-            format!("--kubeconfig={kubeconfig}"),
-            format!("--authentication-kubeconfig={kubeconfig}"),
-            format!("--authorization-kubeconfig={kubeconfig}"),
-            format!("--client-ca-file={}", p("ca.crt")),
-            "--bind-address=127.0.0.1".into(),
-            "--leader-elect=false".into(),
-            "--use-service-account-credentials=true".into(),
-            "--allocate-node-cidrs=true".into(),
-            format!("--cluster-cidr={}", self.settings.cluster_cidr),
-            format!("--node-cidr-mask-size={}", self.settings.node_cidr_mask),
-            format!("--service-cluster-ip-range={}", self.settings.service_cidr),
-            format!("--service-account-private-key-file={}", p("sa.key")),
-            format!("--root-ca-file={}", p("ca.crt")),
-            format!("--cluster-signing-cert-file={}", p("ca.crt")),
-            format!("--cluster-signing-key-file={}", p("ca.key")),
-            // Test nodes send no heartbeats: the lifecycle controller
-            // would taint them unreachable and evict their pods.
-            "--controllers=*,-node-lifecycle-controller".into(),
-            "--profiling=false".into(),
-            // With its client-side default (20 requests/s) the ServiceAccount
-            // and token requests of --use-service-account-credentials take
-            // five seconds before the controllers run; measured: 9 s -> 4 s.
-            "--kube-api-qps=1000".into(),
-            "--kube-api-burst=1000".into(),
-        ]
+        self.layout.args(Component::ControllerManager)
     }
 
     fn scheduler_args(&self) -> Vec<String> {
-        let kubeconfig = self
-            .dir
-            .join("kubeconfigs/scheduler.conf")
-            .display()
-            .to_string();
-        vec![
-            format!("--kubeconfig={kubeconfig}"),
-            format!("--authentication-kubeconfig={kubeconfig}"),
-            format!("--authorization-kubeconfig={kubeconfig}"),
-            "--bind-address=127.0.0.1".into(),
-            "--leader-elect=false".into(),
-            "--profiling=false".into(),
-            // Tests create pods in bursts; the default 50/s would pace them.
-            "--kube-api-qps=1000".into(),
-            "--kube-api-burst=1000".into(),
-        ]
+        self.layout.args(Component::Scheduler)
     }
 
     /// `ip netns exec <ns> <program> args`, output appended to its log.
@@ -734,53 +644,6 @@ impl ControlPlane {
         );
     }
 
-    fn write_pki(&self, sa_public: &str) {
-        let pki = self.dir.join("pki");
-        self.ca.pair().write(&pki, "ca");
-        pki::write(&pki.join("sa.key"), &self.service_account_key);
-        pki::write(&pki.join("sa.pub"), sa_public);
-        let ips = [
-            IpAddr::V4(self.api_ip),
-            IpAddr::V4(Ipv4Addr::LOCALHOST),
-            self.first_service_ip(),
-        ];
-        self.ca
-            .serving(
-                "kube-apiserver",
-                &[
-                    "localhost",
-                    "kubernetes",
-                    "kubernetes.default",
-                    "kubernetes.default.svc",
-                    "kubernetes.default.svc.cluster.local",
-                ],
-                &ips,
-            )
-            .write(&pki, "apiserver");
-        let front_proxy = Ca::new("front-proxy-ca");
-        front_proxy.pair().write(&pki, "front-proxy-ca");
-        front_proxy
-            .client("front-proxy-client", None)
-            .write(&pki, "front-proxy-client");
-        self.ca
-            .client("kube-apiserver-kubelet-client", Some("system:masters"))
-            .write(&pki, "apiserver-kubelet-client");
-        for (name, user, group) in [
-            ("admin", "kubernetes-admin", Some("system:masters")),
-            ("controller-manager", "system:kube-controller-manager", None),
-            ("scheduler", "system:kube-scheduler", None),
-        ] {
-            let pair = self.ca.client(user, group);
-            self.write_kubeconfig(name, user, Credentials::Cert(&pair));
-        }
-    }
-
-    fn write_kubeconfig(&self, name: &str, user: &str, creds: Credentials<'_>) -> PathBuf {
-        let path = self.dir.join(format!("kubeconfigs/{name}.conf"));
-        let text = pki::kubeconfig(&self.api_url(), self.ca_pem(), user, creds);
-        pki::write(&path, &text);
-        path
-    }
 }
 
 impl Drop for ControlPlane {
@@ -862,39 +725,9 @@ fn default_underlay(pid: u32, instance: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 200 + (n / 256) as u8, (n % 256) as u8, 0)
 }
 
-/// The first host address of a CIDR ("10.96.0.0/12" -> 10.96.0.1).
-fn first_ip(cidr: &str) -> IpAddr {
-    let (addr, bits) = cidr
-        .split_once('/')
-        .unwrap_or_else(|| panic!("{cidr:?} is not a CIDR"));
-    let addr: IpAddr = addr
-        .parse()
-        .unwrap_or_else(|e| panic!("{cidr:?} is not a CIDR: {e}"));
-    let bits: u32 = bits
-        .parse()
-        .unwrap_or_else(|e| panic!("{cidr:?} is not a CIDR: {e}"));
-    match addr {
-        IpAddr::V4(v4) => {
-            let mask = u32::MAX.checked_shl(32 - bits.min(32)).unwrap_or(0);
-            IpAddr::V4(Ipv4Addr::from((u32::from(v4) & mask) + 1))
-        }
-        IpAddr::V6(v6) => {
-            let mask = u128::MAX.checked_shl(128 - bits.min(128)).unwrap_or(0);
-            IpAddr::V6((u128::from(v6) & mask).wrapping_add(1).into())
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn first_service_ip_of_a_range() {
-        assert_eq!(first_ip("10.96.0.0/12").to_string(), "10.96.0.1");
-        assert_eq!(first_ip("10.100.5.7/16").to_string(), "10.100.0.1");
-        assert_eq!(first_ip("fd00:10:96::/108").to_string(), "fd00:10:96::1");
-    }
 
     #[test]
     fn default_underlays_stay_in_their_range_and_differ() {
