@@ -5,6 +5,7 @@
 //! request path (routing, redirect, forwarding, upgrades) and [`server`] the
 //! running controller (listeners, TLS, reloads, metrics, shutdown).
 
+pub mod annotations;
 pub mod certs;
 mod error;
 pub mod metrics;
@@ -16,6 +17,7 @@ mod table;
 
 pub use error::IngressError;
 pub use table::{
-    Backend, BackendRef, Classes, CompileOptions, DEFAULT_CLASS, DEFAULT_CLASS_ANNOTATION,
-    INGRESS_CLASS_CONTROLLER, PathKind, PathRule, PortRef, RouteTable, our_ingresses, tls_hosts,
+    AnnotationNote, Backend, BackendRef, Classes, CompileOptions, DEFAULT_CLASS,
+    DEFAULT_CLASS_ANNOTATION, INGRESS_CLASS_CONTROLLER, PathKind, PathRule, PortRef, RouteTable,
+    our_ingresses, tls_hosts,
 };

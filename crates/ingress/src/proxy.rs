@@ -23,6 +23,7 @@ use hyper::http::uri::PathAndQuery;
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::TokioIo;
 
+use crate::annotations::Action;
 use crate::certs::CertTable;
 use crate::metrics::{HostLabel, HostLabels, Metrics, RequestLabels, UpstreamLabels};
 use crate::pool::Pool;
@@ -258,22 +259,39 @@ pub async fn handle(
     let version = req.version();
     let snapshot = shared.snapshot.load_full();
     let route = snapshot.routes.route(host, uri.path());
-    let (host_label, redirect, backend) = match route {
-        Some(rule) => (rule.host.clone(), rule.https_redirect, Some(&rule.backend)),
-        None => (unmatched_host(), false, snapshot.routes.fallback()),
+    let (host_label, redirect, backend, actions) = match route {
+        Some(rule) => (
+            rule.host.clone(),
+            rule.https_redirect,
+            Some(&rule.backend),
+            Some(&rule.actions),
+        ),
+        None => (unmatched_host(), false, snapshot.routes.fallback(), None),
     };
-    let response = match backend {
-        None => (
+    let plain_http = !conn.tls && shared.settings.https_redirect_port.is_some();
+    let action = match actions {
+        Some(a) => a.decide(uri.path(), uri.query(), redirect, plain_http),
+        None => Action::Forward { rewritten: None },
+    };
+    let response = match (backend, action) {
+        (None, _) => (
             local_response(
                 StatusCode::NOT_FOUND,
                 "404 no Ingress rule matches this host and path",
             ),
             None,
         ),
-        Some(_) if redirect && !conn.tls && shared.settings.https_redirect_port.is_some() => {
-            (redirect_response(&uri, host, &shared.settings), None)
+        (Some(_), Action::HttpsRedirect) => (redirect_response(&uri, host, &shared.settings), None),
+        (Some(_), Action::Redirect { status, location }) => {
+            (location_response(status, &location), None)
         }
-        Some(backend) => forward(req, &host_value, backend, &shared, &conn).await,
+        (Some(backend), Action::Forward { rewritten }) => {
+            let mut req = req;
+            if let Some(target) = rewritten.and_then(|t| t.parse::<Uri>().ok()) {
+                *req.uri_mut() = target;
+            }
+            forward(req, &host_value, backend, &shared, &conn).await
+        }
     };
     let (response, endpoint) = response;
     finish(
@@ -331,6 +349,16 @@ fn finish(
         ms = format_args!("{:.3}", took.as_secs_f64() * 1000.0),
         "request"
     );
+}
+
+/// A redirect an annotation asks for (app-root, permanent-redirect).
+fn location_response(status: u16, location: &str) -> Response<Body> {
+    let code = StatusCode::from_u16(status).unwrap_or(StatusCode::MOVED_PERMANENTLY);
+    let mut response = local_response(code, &format!("{status} see {location}"));
+    if let Ok(v) = HeaderValue::from_str(location) {
+        response.headers_mut().insert(LOCATION, v);
+    }
+    response
 }
 
 /// 308 to the same host and path over HTTPS.

@@ -8,7 +8,7 @@
 //! on SIGTERM or SIGINT the listeners close, idle keep-alive connections are
 //! closed, and in-flight requests get `shutdown_grace` to finish.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -19,8 +19,8 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use podwire_model::k8s_openapi::api::networking::v1::IngressLoadBalancerStatus;
 use podwire_model::{
-    ClusterState, ClusterWriter, FilesSource, Interest, Kind, Leadership, Source, Store, Watch,
-    WatchEvent,
+    ClusterState, ClusterWriter, FilesSource, Interest, Kind, Leadership, ObjectRef, Source, Store,
+    Watch, WatchEvent,
 };
 use prometheus_client::registry::Registry;
 use rustls::server::{ClientHello, ResolvesServerCert};
@@ -34,7 +34,7 @@ use crate::certs::{CertTable, SecretRef, generated_default};
 use crate::metrics::{ListenerLabels, Metrics, render};
 use crate::proxy::{Body, ConnInfo, Settings, Shared, Snapshot, handle, text_response};
 use crate::status::{Publish, pending};
-use crate::{CompileOptions, IngressError, RouteTable, our_ingresses};
+use crate::{AnnotationNote, CompileOptions, IngressError, RouteTable, our_ingresses};
 
 /// How long startup waits for the first complete cluster state before it
 /// serves anyway (404s, `/readyz` 503) and keeps waiting in the background.
@@ -55,12 +55,13 @@ pub fn interest() -> Interest {
     .tls_secrets_only()
 }
 
-/// Writing `status.loadBalancer` of our Ingresses (Kubernetes mode).
+/// What the controller writes back in Kubernetes mode: `status.loadBalancer`
+/// of our Ingresses (when an address is published) and Warning Events for
+/// annotations it ignores. Only the leader writes.
 pub struct StatusPublisher {
     pub writer: Arc<dyn ClusterWriter>,
-    /// Only the leader writes.
     pub leader: Arc<dyn Leadership>,
-    pub publish: Publish,
+    pub publish: Option<Publish>,
 }
 
 /// Where the controller's cluster state comes from and what it writes back.
@@ -286,7 +287,7 @@ pub fn run(
     let generated = generated_default()?;
     let https_port = listen.https.map(|a| a.port());
     let mut watch = Watch::new(feed.source, &interest());
-    let publish = feed.status.as_ref().map(|s| &s.publish);
+    let publish = feed.status.as_ref().and_then(|s| s.publish.as_ref());
     let common = Common::start(
         &mut watch, &config, settings, https_port, &generated, publish,
     )?;
@@ -395,7 +396,7 @@ pub async fn serve(
         None => None,
     };
     let mut watch = Watch::new(feed.source, &interest());
-    let publish = feed.status.as_ref().map(|s| s.publish.clone());
+    let publish = feed.status.as_ref().and_then(|s| s.publish.clone());
     let (watch, common) = tokio::task::spawn_blocking(move || {
         Common::start(
             &mut watch,
@@ -525,11 +526,28 @@ impl Reloader {
                 let mut next_status = Instant::now();
                 let mut was_leader = false;
                 let mut last_error: Option<String> = None;
+                // Notes already logged, annotation notes already reported.
+                let mut logged: BTreeSet<String> = BTreeSet::new();
+                let mut reported: BTreeSet<AnnotationNote> = BTreeSet::new();
+                let mut events: Vec<AnnotationNote> = Vec::new();
                 watch.run(&stopped, &mut |event, source| {
                     match event {
                         WatchEvent::Snapshot(s) => {
                             let started = Instant::now();
                             let next = compile(s.revision, &s.state, &config, &generated);
+                            for note in &next.routes.notes {
+                                if logged.insert(note.clone()) {
+                                    tracing::warn!("{note}");
+                                }
+                            }
+                            logged.retain(|n| next.routes.notes.contains(n));
+                            events = next
+                                .routes
+                                .annotation_notes
+                                .iter()
+                                .filter(|n| !reported.contains(*n))
+                                .cloned()
+                                .collect();
                             tracing::info!(
                                 generation = next.generation,
                                 ingresses = next.routes.ingresses.len(),
@@ -542,8 +560,9 @@ impl Reloader {
                                 .generation
                                 .set(i64::try_from(next.generation).unwrap_or(i64::MAX));
                             snapshot.store(Arc::new(next));
-                            if let Some(p) = &status {
-                                statuses = pending(&s.state, &config.options.class, &p.publish);
+                            if let Some(publish) = status.as_ref().and_then(|p| p.publish.as_ref())
+                            {
+                                statuses = pending(&s.state, &config.options.class, publish);
                                 next_status = Instant::now();
                             }
                             if let Ok(mut r) = readiness.lock() {
@@ -576,10 +595,11 @@ impl Reloader {
                     // retry what failed every second.
                     let leading = p.leader.is_leader();
                     if leading
-                        && !statuses.is_empty()
+                        && (!statuses.is_empty() || !events.is_empty())
                         && (!was_leader || Instant::now() >= next_status)
                     {
                         write_statuses(p, &mut statuses);
+                        report_annotations(p, &mut events, &mut reported);
                         next_status = Instant::now() + STATUS_RETRY;
                     }
                     was_leader = leading;
@@ -594,6 +614,34 @@ impl Reloader {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let _ = self.thread.join();
     }
+}
+
+/// Reports each ignored annotation once as a Warning Event on its Ingress;
+/// what fails is tried again next round.
+fn report_annotations(
+    publisher: &StatusPublisher,
+    pending: &mut Vec<AnnotationNote>,
+    reported: &mut BTreeSet<AnnotationNote>,
+) {
+    pending.retain(|n| {
+        let object = ObjectRef::new(Kind::Ingress, n.namespace.clone(), n.name.clone());
+        match publisher.writer.warn(
+            &object,
+            n.uid.as_deref(),
+            "podwire-ingress",
+            "UnsupportedAnnotation",
+            &n.note,
+        ) {
+            Ok(()) => {
+                reported.insert(n.clone());
+                false
+            }
+            Err(err) => {
+                tracing::warn!(ingress = %object, "cannot record an Event: {err}");
+                true
+            }
+        }
+    });
 }
 
 /// Writes the pending statuses; what fails stays pending for the next round.

@@ -32,6 +32,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use crate::annotations::{Annotations, RuleActions};
 use podwire_model::ClusterState;
 use podwire_model::k8s_openapi::api::networking::v1::IngressBackend;
 use podwire_model::k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -50,12 +51,6 @@ const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// The IngressClass annotation that makes a class the default for Ingresses
 /// without one.
 pub const DEFAULT_CLASS_ANNOTATION: &str = "ingressclass.kubernetes.io/is-default-class";
-/// Per-Ingress opt-out of the HTTP to HTTPS redirect, under ingress-nginx's
-/// name (so manifests written for it keep working) and podwire's own.
-const SSL_REDIRECT_ANNOTATIONS: [&str; 2] = [
-    "nginx.ingress.kubernetes.io/ssl-redirect",
-    "podwire.io/ssl-redirect",
-];
 
 /// How the table is compiled.
 #[derive(Debug, Clone)]
@@ -186,12 +181,17 @@ pub struct PathRule {
     /// Plain-HTTP requests get a 308 to HTTPS: the host has TLS in some
     /// Ingress and this rule's Ingress did not opt out.
     pub https_redirect: bool,
+    /// What the Ingress's annotations add (regex path, rewrite, redirects).
+    pub actions: Arc<RuleActions>,
 }
 
 /// The rules of one host (or of "any host").
 #[derive(Debug, Default)]
 struct HostRules {
     exact: HashMap<String, PathRule>,
+    /// Regex paths (use-regex, rewrite-target), longest pattern first, as
+    /// ingress-nginx orders its regex locations.
+    regex: Vec<PathRule>,
     /// Keyed by the normalized prefix (no trailing slash; "" for "/"),
     /// matched longest first.
     prefix: BTreeMap<String, PathRule>,
@@ -200,6 +200,13 @@ struct HostRules {
 impl HostRules {
     fn lookup(&self, path: &str) -> Option<&PathRule> {
         if let Some(rule) = self.exact.get(path) {
+            return Some(rule);
+        }
+        if let Some(rule) = self
+            .regex
+            .iter()
+            .find(|r| r.actions.regex.as_ref().is_some_and(|re| re.is_match(path)))
+        {
             return Some(rule);
         }
         // Try the element-wise prefixes of the path, longest first.
@@ -216,7 +223,12 @@ impl HostRules {
     }
 
     fn rules(&self) -> Vec<&PathRule> {
-        let mut out: Vec<&PathRule> = self.exact.values().chain(self.prefix.values()).collect();
+        let mut out: Vec<&PathRule> = self
+            .exact
+            .values()
+            .chain(self.regex.iter())
+            .chain(self.prefix.values())
+            .collect();
         out.sort_by(|a, b| a.path.cmp(&b.path).then(a.kind.cmp(&b.kind)));
         out
     }
@@ -235,6 +247,18 @@ pub struct RouteTable {
     pub ingresses: Vec<String>,
     /// What was left out or overridden, with the reason.
     pub notes: Vec<String>,
+    /// Annotations podwire does not implement (or cannot use), per
+    /// Ingress: reported as Events in Kubernetes mode.
+    pub annotation_notes: Vec<AnnotationNote>,
+}
+
+/// One annotation an Ingress asked for that podwire ignores.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct AnnotationNote {
+    pub namespace: String,
+    pub name: String,
+    pub uid: Option<String>,
+    pub note: String,
 }
 
 /// Which class names are podwire's, and whether podwire is the default class.
@@ -300,16 +324,6 @@ pub fn tls_hosts<'a>(ingresses: impl Iterator<Item = &'a Ingress>) -> BTreeSet<S
     out
 }
 
-/// Whether the Ingress opted out of the HTTP to HTTPS redirect.
-fn redirect_disabled(ingress: &Ingress) -> bool {
-    let annotations = ingress.metadata.annotations.as_ref();
-    SSL_REDIRECT_ANNOTATIONS.iter().any(|name| {
-        annotations
-            .and_then(|a| a.get(*name))
-            .is_some_and(|v| v.eq_ignore_ascii_case("false"))
-    })
-}
-
 /// Age order of Ingresses: oldest creationTimestamp first (a missing one
 /// counts as newest), then namespace/name.
 fn age_key(ingress: &Ingress) -> (bool, Option<Time>, String, String) {
@@ -368,13 +382,23 @@ impl RouteTable {
         tls_hosts: &BTreeSet<String>,
         resolver: &mut Resolver<'_>,
     ) {
-        let redirect_allowed = !redirect_disabled(ingress);
+        let annotations = Annotations::parse(ingress.metadata.annotations.as_ref());
+        let redirect_allowed = annotations.ssl_redirect != Some(false);
         let namespace = ingress.metadata.namespace.clone().unwrap_or_default();
         let id = format!(
             "{namespace}/{}",
             ingress.metadata.name.as_deref().unwrap_or_default()
         );
         self.ingresses.push(id.clone());
+        for note in &annotations.unsupported {
+            self.notes.push(format!("{id}: {note}"));
+            self.annotation_notes.push(AnnotationNote {
+                namespace: namespace.clone(),
+                name: ingress.metadata.name.clone().unwrap_or_default(),
+                uid: ingress.metadata.uid.clone(),
+                note: note.clone(),
+            });
+        }
         let Some(spec) = &ingress.spec else {
             self.notes.push(format!("{id}: no spec"));
             return;
@@ -390,6 +414,7 @@ impl RouteTable {
                         ingress: id.clone(),
                         host: Arc::from("*"),
                         https_redirect: false,
+                        actions: Arc::default(),
                     };
                     match &self.default_backend {
                         Some(older) => self.notes.push(format!(
@@ -437,6 +462,28 @@ impl RouteTable {
                         continue;
                     }
                 };
+                let regex = if annotations.regex_paths() {
+                    match Annotations::path_regex(&path) {
+                        Ok(re) => Some(re),
+                        Err(why) => {
+                            self.notes
+                                .push(format!("{id}: path {path:?} {why}: ignored"));
+                            continue;
+                        }
+                    }
+                } else {
+                    None
+                };
+                let actions = Arc::new(RuleActions {
+                    regex,
+                    rewrite_target: annotations.rewrite_target.as_deref().map(Arc::from),
+                    app_root: annotations.app_root.as_deref().map(Arc::from),
+                    force_https: annotations.force_ssl_redirect,
+                    permanent_redirect: annotations
+                        .permanent_redirect
+                        .as_ref()
+                        .map(|(code, to)| (*code, Arc::from(to.as_str()))),
+                });
                 let compiled = PathRule {
                     path: path.clone(),
                     path_type: p.path_type.clone(),
@@ -446,6 +493,7 @@ impl RouteTable {
                     host: Arc::from(host.as_deref().unwrap_or("*")),
                     https_redirect: redirect_allowed
                         && host.as_ref().is_some_and(|h| tls_hosts.contains(h)),
+                    actions,
                 };
                 let group = match &host {
                     None => &mut self.any_host,
@@ -454,6 +502,20 @@ impl RouteTable {
                         None => self.exact_hosts.entry(h.clone()).or_default(),
                     },
                 };
+                if compiled.actions.regex.is_some() && kind == PathKind::Prefix {
+                    if let Some(winner) = group.regex.iter().find(|r| r.path == path) {
+                        self.notes.push(format!(
+                            "{id}: host {} regex path {path} ignored: already routed by {}",
+                            host.as_deref().unwrap_or("*"),
+                            winner.ingress
+                        ));
+                        continue;
+                    }
+                    group.regex.push(compiled);
+                    // Stable: equal lengths keep the older Ingress first.
+                    group.regex.sort_by_key(|r| std::cmp::Reverse(r.path.len()));
+                    continue;
+                }
                 let key = match kind {
                     PathKind::Exact => path.clone(),
                     PathKind::Prefix => path.trim_end_matches('/').to_string(),
@@ -698,11 +760,15 @@ impl fmt::Display for RouteTable {
         };
         for (host, group) in groups {
             for rule in group.rules() {
-                let kind = if rule.https_redirect {
+                let mut kind = if rule.https_redirect {
                     format!("{} (http→308)", rule.path_type)
                 } else {
                     rule.path_type.clone()
                 };
+                let extra = rule.actions.describe();
+                if !extra.is_empty() {
+                    kind = format!("{kind} [{extra}]");
+                }
                 line(f, &host, &rule.path, &kind, &rule.backend, &rule.ingress)?;
             }
         }

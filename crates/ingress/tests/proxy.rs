@@ -800,3 +800,90 @@ async fn backend_framings_and_connection_reuse() {
     assert!(body.is_empty());
     assert!(headers.contains_key("content-length"));
 }
+
+/// An Ingress with annotations, in namespace default.
+fn annotated(name: &str, annotations: serde_json::Value, spec: serde_json::Value) -> Object {
+    let mut spec = spec;
+    spec["ingressClassName"] = json!("podwire");
+    object(
+        json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+        "metadata": {"name": name, "namespace": "default", "annotations": annotations,
+                     "creationTimestamp": "2024-01-01T00:00:00Z"},
+        "spec": spec}),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_annotations_rewrite_and_redirect() {
+    let a = backend("a").await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path());
+    let mut objects = service_objects("svc-a", a.port(), &[("127.0.0.1", true)]);
+    let host_rule = |host: &str, paths: Vec<serde_json::Value>| json!({"rules": [{"host": host, "http": {"paths": paths}}]});
+    objects.extend([
+        // The course's: /wear served by an app that serves /.
+        annotated(
+            "wear",
+            json!({"nginx.ingress.kubernetes.io/rewrite-target": "/"}),
+            host_rule("shop.example.com", vec![rule("/wear", "Prefix", "svc-a")]),
+        ),
+        annotated(
+            "capture",
+            json!({"nginx.ingress.kubernetes.io/use-regex": "true",
+                   "nginx.ingress.kubernetes.io/rewrite-target": "/$2"}),
+            host_rule(
+                "api.example.com",
+                vec![rule("/v1(/|$)(.*)", "ImplementationSpecific", "svc-a")],
+            ),
+        ),
+        annotated(
+            "root",
+            json!({"nginx.ingress.kubernetes.io/app-root": "/app"}),
+            host_rule("root.example.com", vec![rule("/", "Prefix", "svc-a")]),
+        ),
+        annotated(
+            "moved",
+            json!({"nginx.ingress.kubernetes.io/permanent-redirect": "https://new.example.org/"}),
+            host_rule("old.example.com", vec![rule("/", "Prefix", "svc-a")]),
+        ),
+        annotated(
+            "forced",
+            json!({"nginx.ingress.kubernetes.io/force-ssl-redirect": "true"}),
+            host_rule("secure.example.com", vec![rule("/", "Prefix", "svc-a")]),
+        ),
+    ]);
+    put_all(&store, &objects);
+    let proxy = start(&store, Settings::default()).await;
+    let (status, body) = get(proxy.http, "shop.example.com", "/wear/shirts?size=m").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.contains("path=/?size=m "), "{body}");
+    let (status, body) = get(proxy.http, "api.example.com", "/v1/users/7").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.contains("path=/users/7 "), "{body}");
+    let (_, body) = get(proxy.http, "api.example.com", "/V1").await;
+    assert!(
+        body.contains("path=/ "),
+        "case-insensitive, $2 empty: {body}"
+    );
+    let (status, headers, _) = request(proxy.http, "GET", "root.example.com", "/", &[]).await;
+    assert_eq!(status, StatusCode::FOUND);
+    assert_eq!(headers["location"], "/app");
+    let (status, body) = get(proxy.http, "root.example.com", "/app").await;
+    assert!(
+        status == StatusCode::OK && body.contains("path=/app "),
+        "{body}"
+    );
+    let (status, headers, _) = request(proxy.http, "GET", "old.example.com", "/x", &[]).await;
+    assert_eq!(status, StatusCode::MOVED_PERMANENTLY);
+    assert_eq!(headers["location"], "https://new.example.org/");
+    let (status, headers, _) =
+        request(proxy.http, "GET", "secure.example.com", "/p?q=1", &[]).await;
+    assert_eq!(status, StatusCode::PERMANENT_REDIRECT);
+    assert!(
+        headers["location"]
+            .to_str()
+            .unwrap()
+            .starts_with("https://secure.example.com:"),
+        "{headers:?}"
+    );
+}

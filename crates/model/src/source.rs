@@ -289,6 +289,17 @@ pub trait ClusterWriter: Send + Sync {
         name: &str,
         status: &IngressLoadBalancerStatus,
     ) -> Result<(), SourceError>;
+
+    /// Records a Warning Event about an object (what `kubectl describe`
+    /// shows), from `component`.
+    fn warn(
+        &self,
+        object: &ObjectRef,
+        uid: Option<&str>,
+        component: &str,
+        reason: &str,
+        message: &str,
+    ) -> Result<(), SourceError>;
 }
 
 /// Whether this replica currently leads (holds the election Lease).

@@ -203,8 +203,15 @@ pub fn run(args: IngressArgs) -> Result<()> {
     };
     let publish = publish(&args)?;
     let mut election = None;
-    let status = match (&kube, publish) {
-        (Some(kube), Some(publish)) => {
+    let status = match &kube {
+        Some(kube) => {
+            if publish.is_none() {
+                tracing::info!(
+                    "no --publish-service or --publish-status-address: Ingress status is not written"
+                );
+            }
+            // As ingress-nginx: one elected replica writes to the API
+            // (status addresses, Events), all of them serve.
             let e = Arc::new(LeaderElection::start(
                 kube,
                 LeaseSettings::new(&args.election_namespace, &args.election_id, identity(&args)),
@@ -216,15 +223,9 @@ pub fn run(args: IngressArgs) -> Result<()> {
                 publish,
             })
         }
-        (None, Some(_)) => {
-            tracing::warn!("--publish-* needs --source kube; no Ingress status is written");
-            None
-        }
-        (_, None) => {
-            if kube.is_some() {
-                tracing::info!(
-                    "no --publish-service or --publish-status-address: Ingress status is not written"
-                );
+        None => {
+            if publish.is_some() {
+                tracing::warn!("--publish-* needs --source kube; no Ingress status is written");
             }
             None
         }

@@ -33,7 +33,10 @@ endpoints: [{{addresses: [{backend}], conditions: {{ready: true}}}}]
 ---
 apiVersion: networking.k8s.io/v1
 kind: Ingress
-metadata: {{name: web, namespace: apps}}
+metadata:
+  name: web
+  namespace: apps
+  annotations: {{nginx.ingress.kubernetes.io/proxy-body-size: 8m}}
 spec:
   ingressClassName: podwire
   rules:
@@ -139,6 +142,22 @@ fn two_replicas_route_and_one_leader_writes_the_status() {
         "jsonpath={.spec.holderIdentity}",
     ]);
     assert_eq!(holder.trim(), format!("replica-{}", writers[0]));
+    // An annotation podwire does not implement is reported, once, as an
+    // Event on the Ingress.
+    assert!(
+        eventually(CONVERGE, || c
+            .kubectl(&[
+                "get",
+                "events",
+                "-n",
+                "apps",
+                "--field-selector",
+                "reason=UnsupportedAnnotation"
+            ])
+            .contains("proxy-body-size")),
+        "no Event: {}",
+        c.kubectl(&["get", "events", "-n", "apps"])
+    );
     for i in 0..2 {
         assert_not_forbidden(&c, &format!("ingress-{i}"));
     }

@@ -5,9 +5,11 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
 use k8s_openapi::api::networking::v1::IngressLoadBalancerStatus;
-use kube::api::{Api, Patch, PatchParams};
-use podwire_model::{ClusterWriter, Ingress, Node, SourceError};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use podwire_model::{ClusterWriter, Ingress, Node, ObjectRef, SourceError};
 
 use crate::client::Kube;
 
@@ -51,5 +53,52 @@ impl ClusterWriter for KubeWriter {
             .block_on(api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch)))
             .map(drop)
             .map_err(|e| self.kube.error("patch", "ingresses/status", e))
+    }
+
+    fn warn(
+        &self,
+        object: &ObjectRef,
+        uid: Option<&str>,
+        component: &str,
+        reason: &str,
+        message: &str,
+    ) -> Result<(), SourceError> {
+        let namespace = if object.namespace.is_empty() {
+            "default"
+        } else {
+            object.namespace.as_str()
+        };
+        let now = Time(k8s_openapi::jiff::Timestamp::now());
+        let event = Event {
+            metadata: ObjectMeta {
+                generate_name: Some(format!("{}.", object.name)),
+                namespace: Some(namespace.to_string()),
+                ..Default::default()
+            },
+            involved_object: ObjectReference {
+                api_version: Some(object.kind.api_version().to_string()),
+                kind: Some(object.kind.name().to_string()),
+                name: Some(object.name.clone()),
+                namespace: (!object.namespace.is_empty()).then(|| object.namespace.clone()),
+                uid: uid.map(str::to_string),
+                ..Default::default()
+            },
+            reason: Some(reason.to_string()),
+            message: Some(message.to_string()),
+            type_: Some("Warning".into()),
+            source: Some(EventSource {
+                component: Some(component.to_string()),
+                host: None,
+            }),
+            first_timestamp: Some(now.clone()),
+            last_timestamp: Some(now),
+            count: Some(1),
+            ..Default::default()
+        };
+        let api: Api<Event> = Api::namespaced(self.kube.client(), namespace);
+        self.kube
+            .block_on(api.create(&PostParams::default(), &event))
+            .map(drop)
+            .map_err(|e| self.kube.error("create", "events", e))
     }
 }

@@ -435,3 +435,53 @@ fn only_our_class() {
     let t = RouteTable::compile(&state, &CompileOptions::default());
     assert!(t.route("h", "/").is_some());
 }
+
+#[test]
+fn annotations_make_regex_paths_and_unknown_ones_are_noted() {
+    let mut state = ClusterState::default();
+    service(&mut state, "web", 1);
+    ingress(
+        &mut state,
+        "regex",
+        "2024-01-01T00:00:00Z",
+        json!({"rules": [{"host": "a.example.com", "http": {"paths": [
+            path("/v[0-9]+/items", "ImplementationSpecific", "web"),
+            path("/static", "Exact", "web")
+        ]}}]}),
+    );
+    let ing = state
+        .ingresses
+        .get_mut(&("default".into(), "regex".into()))
+        .unwrap();
+    ing.metadata.annotations = Some(
+        [
+            (
+                "nginx.ingress.kubernetes.io/use-regex".to_string(),
+                "true".to_string(),
+            ),
+            (
+                "nginx.ingress.kubernetes.io/proxy-body-size".to_string(),
+                "8m".to_string(),
+            ),
+        ]
+        .into(),
+    );
+    let table = RouteTable::compile(&state, &CompileOptions::default());
+    assert!(table.route("a.example.com", "/v2/items/9").is_some());
+    assert!(
+        table.route("a.example.com", "/V12/ITEMS").is_some(),
+        "case-insensitive"
+    );
+    assert!(table.route("a.example.com", "/vx/items").is_none());
+    assert!(table.route("a.example.com", "/static").is_some());
+    assert!(
+        table
+            .notes
+            .iter()
+            .any(|n| n.contains("proxy-body-size is not supported")),
+        "{:?}",
+        table.notes
+    );
+    let plan = table.to_string();
+    assert!(plan.contains("[regex]"), "{plan}");
+}
