@@ -30,6 +30,9 @@ pub struct State {
     pub upstreams: Arc<Upstreams>,
     /// Index 0: TCP and the async side; 1..: one per UDP worker.
     pub counters: Vec<Counters>,
+    /// Zones this server is authoritative for (lowercase wire): a name in
+    /// one that the hosts file does not have is NXDOMAIN, not forwarded.
+    pub authoritative: Vec<Vec<u8>>,
 }
 
 /// What to do with a packet.
@@ -163,6 +166,18 @@ pub fn handle(
         return reply(qtype);
     }
     if state.hosts.load().answer(&q, state.ttl, &mut w) {
+        w.finish();
+        return reply(qtype);
+    }
+    if state
+        .authoritative
+        .iter()
+        .any(|zone| wire::relative_len(q.name.wire(), zone).is_some())
+    {
+        // As an authoritative server for the zone says of a name it does
+        // not hold: it does not exist (at once, no upstream, no SERVFAIL).
+        w.set_authoritative(true);
+        w.set_rcode(u16::from(rcode::NXDOMAIN));
         w.finish();
         return reply(qtype);
     }

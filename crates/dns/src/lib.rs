@@ -81,5 +81,6 @@ pub fn offline_state(zone: Option<Zone>, hosts: hosts::Hosts) -> handler::State 
             1,
         )),
         counters: vec![metrics::Counters::default()],
+        authoritative: Vec::new(),
     }
 }

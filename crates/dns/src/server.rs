@@ -56,6 +56,9 @@ pub struct ServerConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// UDP worker threads; 0: one per available core.
     pub workers: usize,
+    /// Zones answered authoritatively from the hosts file (unknown names
+    /// NXDOMAIN); "." makes the server the whole world's.
+    pub authoritative: Vec<String>,
 }
 
 impl ServerConfig {
@@ -75,6 +78,7 @@ impl ServerConfig {
             ready_listen: None,
             metrics_listen: None,
             workers: 0,
+            authoritative: Vec::new(),
         }
     }
 }
@@ -211,6 +215,17 @@ impl Server {
             cache: Cache::new(config.cache),
             upstreams: Arc::clone(&upstreams),
             counters: (0..=workers).map(|_| Counters::default()).collect(),
+            authoritative: config
+                .authoritative
+                .iter()
+                .map(|z| {
+                    wire::wire_from_text(&z.to_ascii_lowercase()).ok_or_else(|| DnsError::Invalid {
+                        what: "authoritative zone",
+                        value: z.clone(),
+                        reason: "not a DNS name".into(),
+                    })
+                })
+                .collect::<Result<_, _>>()?,
         });
         let status = Arc::new(ZoneStatus::default());
         let runtime = tokio::runtime::Builder::new_multi_thread()

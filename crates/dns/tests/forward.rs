@@ -447,3 +447,57 @@ fn operations_endpoints() {
     assert!(metric(&text, "podwire_dns_zone_services").unwrap() >= 6.0);
     assert!(text.ends_with("# EOF\n"));
 }
+
+#[test]
+fn an_authoritative_server_says_nxdomain_for_names_it_does_not_have() {
+    let f = Fixture::cluster();
+    let hosts = f.dir.path().join("hosts");
+    std::fs::write(&hosts, "192.0.2.10 external.example.com\n").unwrap();
+    // No upstream: without authority, an unknown name is SERVFAIL.
+    let mut c = config(f.root());
+    c.hosts = Some(hosts.clone());
+    let plain = start(c.clone());
+    assert!(eventually(Duration::from_secs(3), || data(&ask(
+        plain.local_addr(),
+        Transport::Udp,
+        "external.example.com.",
+        RecordType::A
+    )) == ["192.0.2.10"]));
+    assert_eq!(
+        rcode(&ask(
+            plain.local_addr(),
+            Transport::Udp,
+            "nosuch.",
+            RecordType::A
+        )),
+        ResponseCode::ServFail
+    );
+    drop(plain);
+    // Authoritative for the root (the lab's outside world): NXDOMAIN, AA.
+    c.authoritative = vec![".".into()];
+    let s = start(c);
+    let a = s.local_addr();
+    assert!(eventually(Duration::from_secs(3), || data(&ask(
+        a,
+        Transport::Udp,
+        "external.example.com.",
+        RecordType::A
+    )) == ["192.0.2.10"]));
+    for t in BOTH {
+        for name in ["nosuch.", "nosuch.example.com.", "web.default.svc.example."] {
+            let m = ask(a, t, name, RecordType::A);
+            assert_eq!(rcode(&m), ResponseCode::NXDomain, "{name}");
+            assert!(m.metadata.authoritative, "{name}");
+        }
+    }
+    // The cluster zone still answers as before.
+    assert_eq!(
+        rcode(&ask(
+            a,
+            Transport::Udp,
+            "kubernetes.default.svc.cluster.local.",
+            RecordType::A
+        )),
+        ResponseCode::NoError
+    );
+}

@@ -14,6 +14,7 @@
 //!   `force-ssl-redirect: "true"`: redirect to HTTPS even without TLS.
 //! - `permanent-redirect` (+ `permanent-redirect-code`, default 301): every
 //!   request answers with a redirect to that URL.
+//!
 //! Any other annotation under `nginx.ingress.kubernetes.io/` is reported
 //! (in the plan, a log line and, in Kubernetes mode, an Event), never
 //! silently ignored.

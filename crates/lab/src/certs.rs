@@ -10,13 +10,14 @@ use std::path::{Path, PathBuf};
 
 use podwire_model::k8s_openapi::ByteString;
 use podwire_model::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use podwire_model::{LabCertificate, Object, Secret};
+use podwire_model::{Object, Secret};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose,
 };
 
 use crate::error::{LabError, Result};
+use crate::manifest::LabCertificate;
 
 /// The annotation that records which hosts a lab-issued Secret is for, so
 /// re-applying the same Lab document leaves unchanged certificates alone.

@@ -502,7 +502,7 @@ mod tests {
 
     fn state(yaml: &str) -> ClusterState {
         let mut state = ClusterState::default();
-        for object in podwire_model::parse_objects(yaml).unwrap() {
+        for object in crate::manifest::parse_objects(yaml).unwrap() {
             state.insert(object);
         }
         state

@@ -3,16 +3,32 @@
 //! a switch, a router and an external host are namespaces; pods are created
 //! through the CNI plugin exactly as a runtime does; every node runs the
 //! podwire agent; one supervisor process per lab owns the long-running parts.
+//! This file holds the `lab` verbs; each module's first lines say its part.
 
+pub mod addons;
 pub mod certs;
+pub mod control;
+pub mod controllers;
 pub mod controlplane;
 pub mod error;
 pub mod get;
+pub mod health;
+pub mod kubelet;
+pub mod manifest;
+mod names;
 pub mod netns;
+pub mod nodes;
 pub mod paths;
+pub mod plan;
+pub mod pods;
+pub mod process;
+pub mod reconcile;
+pub mod record;
 pub mod runtime;
 pub mod spawn;
+pub mod stamp;
 pub mod supervisor;
+pub mod teardown;
 pub mod topology;
 
 use std::os::unix::process::CommandExt;
@@ -20,9 +36,15 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub use error::{LabError, Result};
+pub use error::{LabError, ManifestError, Result};
+pub use manifest::{LabSpec, builtin_example};
 use paths::{LabPaths, netns_path};
 use spawn::Sandbox;
+
+/// What VXLAN adds to every packet (outer Ethernet, IP, UDP and VXLAN
+/// headers): pods on a VXLAN lab get the underlay's MTU minus this, as
+/// Flannel sets it.
+pub const VXLAN_OVERHEAD: u32 = 50;
 
 /// `lab up`: validates the manifest before anything exists, starts the
 /// supervisor in the background and streams its progress; returns when every
@@ -34,9 +56,9 @@ pub fn up(
     progress: &mut dyn FnMut(&str),
 ) -> Result<String> {
     let paths = LabPaths::new(name)?;
-    let parsed = podwire_model::parse_lab(manifest)?;
+    let parsed = manifest::parse_lab(manifest)?;
     parsed.spec.validate()?;
-    podwire_model::plan_lab(&parsed.spec)?;
+    plan::plan_lab(&parsed.spec)?;
     if paths.exists() || paths.dir.exists() {
         return Err(LabError::Exists(name.to_string()));
     }
@@ -44,9 +66,9 @@ pub fn up(
         .map_err(|e| LabError::io(format!("cannot create {}", paths.dir.display()), e))?;
     std::fs::write(paths.dir.join("manifest.yaml"), manifest)
         .map_err(|e| LabError::io("cannot save the manifest", e))?;
-    supervisor::save_record(&paths, &parsed.spec)?;
+    record::save_record(&paths, &parsed.spec)?;
     start_supervisor(&paths, exe)?;
-    match supervisor::request(&paths, "up", "", progress) {
+    match control::request(&paths, "up", "", progress) {
         Ok(summary) => Ok(summary.unwrap_or_default()),
         Err(e) => {
             // A lab that failed half-way is removed whole.
@@ -90,45 +112,94 @@ fn start_supervisor(paths: &LabPaths, exe: &Path) -> Result<()> {
     )))
 }
 
-/// `lab down`: asks the supervisor to remove everything; if it is gone,
-/// removes everything from the lab's records.
+/// `lab down`: asks the supervisor to stop what it runs and remove
+/// everything; when it does not answer, removes everything itself (from
+/// the lab's records and the namespaces on the machine: processes are
+/// found by namespace, so a dead supervisor changes nothing). Anything that
+/// could not be removed is an error that names it.
 pub fn down(name: &str) -> Result<String> {
     let paths = LabPaths::new(name)?;
-    if !paths.dir.exists() {
+    if !paths.dir.exists() && teardown::present_namespaces(&paths).is_empty() {
         return Err(LabError::NoSuchLab(name.to_string()));
     }
-    if supervisor::request(&paths, "down", "", &mut |_| {}).is_err() {
-        if let Ok(pid) = std::fs::read_to_string(paths.supervisor_pid())
-            && let Ok(pid) = pid.trim().parse::<i32>()
-        {
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            if String::from_utf8_lossy(&cmdline).contains("supervise") {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
+    // Read now: the supervisor removes the file with the state directory.
+    let supervisor = supervisor_pid(&paths);
+    let answered = control::down(&paths);
+    let mut left = Vec::new();
+    if let Some(pid) = supervisor
+        && !ended(pid, &paths)
+    {
+        left.push(format!("process {pid} (the lab's supervisor)"));
+    }
+    // The supervisor's account stands: another pass could only peel what
+    // it already tried (e.g. one of several mounts on a namespace file).
+    left.extend(answered.unwrap_or_else(|_| teardown::teardown(&paths)));
+    if left.is_empty() {
+        Ok(format!("lab {name} removed"))
+    } else {
+        Err(LabError::Leftovers {
+            lab: name.to_string(),
+            left,
+        })
+    }
+}
+
+/// The supervisor's PID, if `supervisor.pid` names a live `lab supervise`
+/// of this lab (never another process that reused the PID).
+fn supervisor_pid(paths: &LabPaths) -> Option<i32> {
+    let pid: i32 = std::fs::read_to_string(paths.supervisor_pid())
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    is_supervisor(pid, paths).then_some(pid)
+}
+
+fn is_supervisor(pid: i32, paths: &LabPaths) -> bool {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    args.contains(&b"supervise".as_slice())
+        && args
+            .windows(2)
+            .any(|w| w[0] == b"--name" && w[1] == paths.name.as_bytes())
+}
+
+/// Waits a moment for the supervisor to exit after `down`, then kills it;
+/// whether it is gone.
+fn ended(pid: i32, paths: &LabPaths) -> bool {
+    let gone = |pid| {
+        // A zombie (the supervisor is not our child; init reaps it) is gone.
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next());
+        matches!(state, None | Some("Z" | "X")) || !is_supervisor(pid, paths)
+    };
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline {
+        if gone(pid) {
+            return true;
         }
-        supervisor::teardown(&paths);
+        std::thread::sleep(Duration::from_millis(20));
     }
-    // Whatever happened above, nothing of the lab may remain.
-    for ns in netns::recorded(&paths) {
-        let _ = netns::delete(&paths, &ns);
-    }
-    let _ = std::fs::remove_dir_all(&paths.dir);
-    Ok(format!("lab {name} removed"))
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    std::thread::sleep(Duration::from_millis(100));
+    gone(pid)
 }
 
 pub fn apply(name: &str, yaml: &str, progress: &mut dyn FnMut(&str)) -> Result<()> {
     let paths = existing(name)?;
-    podwire_model::parse_manifest(yaml)?;
-    supervisor::request(&paths, "apply", yaml, progress).map(|_| ())
+    manifest::parse_manifest(yaml)?;
+    control::request(&paths, "apply", yaml, progress).map(|_| ())
 }
 
 pub fn delete(name: &str, yaml: &str, progress: &mut dyn FnMut(&str)) -> Result<()> {
     let paths = existing(name)?;
-    podwire_model::parse_manifest(yaml)?;
-    supervisor::request(&paths, "delete", yaml, progress).map(|_| ())
+    manifest::parse_manifest(yaml)?;
+    control::request(&paths, "delete", yaml, progress).map(|_| ())
 }
 
 fn existing(name: &str) -> Result<LabPaths> {
@@ -172,7 +243,7 @@ pub fn exec_pod(name: &str, namespace: &str, pod: &str, argv: &[String]) -> Resu
 /// like `ssh node01`.
 pub fn exec_node(name: &str, node: &str, argv: &[String]) -> Result<i32> {
     let paths = existing(name)?;
-    let record = supervisor::load_record(&paths)?;
+    let record = record::load_record(&paths)?;
     let ns = if record.spec.nodes.iter().any(|n| n.name == node) {
         paths.node_ns(node)
     } else if record
@@ -203,21 +274,41 @@ pub fn exec_node(name: &str, node: &str, argv: &[String]) -> Result<i32> {
     )
 }
 
-/// `lab logs POD`: the output of the pod's containers.
+/// `lab logs POD [-c CONTAINER]`: the output of the pod's containers (all
+/// of them, in declaration order, without -c).
 pub fn logs(name: &str, namespace: &str, pod: &str, container: Option<&str>) -> Result<String> {
     let paths = existing(name)?;
-    let dir = paths.pod_dir(namespace, pod);
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .map_err(|_| LabError::Invalid(format!("pod {namespace}/{pod} not found in lab {name}")))?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().and_then(|e| e.to_str()) == Some("log"))
-        .filter(|p| container.is_none_or(|c| p.file_stem().and_then(|s| s.to_str()) == Some(c)))
+    let state = podwire_model::Store::open(paths.cluster()).load()?;
+    let object = state
+        .pods
+        .get(&(namespace.to_string(), pod.to_string()))
+        .ok_or_else(|| {
+            LabError::Invalid(format!(
+                "pod {namespace}/{pod} not found in lab {name} (see `podwire lab get pods -A`)"
+            ))
+        })?;
+    let containers: Vec<String> = object
+        .spec
+        .iter()
+        .flat_map(|s| s.containers.iter().map(|c| c.name.clone()))
         .collect();
-    files.sort();
+    let chosen: Vec<&String> = match container {
+        None => containers.iter().collect(),
+        Some(c) => match containers.iter().find(|n| n.as_str() == c) {
+            Some(found) => vec![found],
+            None => {
+                return Err(LabError::Invalid(format!(
+                    "container {c:?} is not in pod {namespace}/{pod}; its containers: {}",
+                    containers.join(", ")
+                )));
+            }
+        },
+    };
+    let dir = paths.pod_dir(namespace, pod);
     let mut out = String::new();
-    for file in files {
-        out.push_str(&std::fs::read_to_string(&file).unwrap_or_default());
+    for c in chosen {
+        // A container that printed nothing yet may have no file.
+        out.push_str(&std::fs::read_to_string(dir.join(format!("{c}.log"))).unwrap_or_default());
     }
     Ok(out)
 }
@@ -225,5 +316,5 @@ pub fn logs(name: &str, namespace: &str, pod: &str, container: Option<&str>) -> 
 /// `lab supervise`: the background process (started by `lab up`).
 pub fn supervise(name: &str, exe: &Path) -> Result<()> {
     let paths = LabPaths::new(name)?;
-    supervisor::serve(paths, exe.to_path_buf())
+    control::serve(paths, exe.to_path_buf())
 }

@@ -17,7 +17,7 @@ pub fn recorded(paths: &LabPaths) -> BTreeSet<String> {
         .unwrap_or_default()
 }
 
-fn record(paths: &LabPaths, names: &BTreeSet<String>) -> Result<()> {
+pub(crate) fn record(paths: &LabPaths, names: &BTreeSet<String>) -> Result<()> {
     let body = serde_json::to_vec_pretty(names).map_err(|e| LabError::Failed(e.to_string()))?;
     let tmp = paths.created_file().with_extension("tmp");
     std::fs::write(&tmp, body)
@@ -38,14 +38,26 @@ pub fn create(paths: &LabPaths, name: &str) -> Result<()> {
     let mut names = recorded(paths);
     names.insert(name.to_string());
     record(paths, &names)?;
+    if let Err(e) = add(name) {
+        if !exists(name) {
+            names.remove(name);
+            record(paths, &names)?;
+        }
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// Creates a named namespace (iproute2's layout) with its loopback up,
+/// recorded nowhere: the caller keeps its own record (the lab's
+/// `created.json`, a kubelet's pod directory).
+pub fn add(name: &str) -> Result<()> {
     let out = Command::new("ip")
         .args(["netns", "add", name])
         .stderr(Stdio::piped())
         .output()
         .map_err(|e| LabError::io("cannot run `ip` (install iproute2)", e))?;
     if !out.status.success() {
-        names.remove(name);
-        record(paths, &names)?;
         return Err(LabError::Failed(format!(
             "ip netns add {name}: {}",
             String::from_utf8_lossy(&out.stderr).trim()
@@ -57,13 +69,19 @@ pub fn create(paths: &LabPaths, name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Kills every process inside the namespace, then deletes it.
-pub fn delete(paths: &LabPaths, name: &str) -> Result<()> {
+/// Kills every process inside a namespace and deletes it (nothing to do
+/// when it is gone), touching no record.
+pub fn remove(name: &str) {
     kill_processes_in(name);
     let _ = Command::new("ip")
         .args(["netns", "delete", name])
         .stderr(Stdio::null())
         .status();
+}
+
+/// Kills every process inside the namespace, then deletes it.
+pub fn delete(paths: &LabPaths, name: &str) -> Result<()> {
+    remove(name);
     let mut names = recorded(paths);
     if names.remove(name) && paths.dir.is_dir() {
         record(paths, &names)?;
@@ -99,7 +117,7 @@ pub fn kill_processes_in(name: &str) -> usize {
     killed
 }
 
-fn pids_in(ino: u64, dev: u64) -> Vec<i32> {
+pub(crate) fn pids_in(ino: u64, dev: u64) -> Vec<i32> {
     let own = std::process::id() as i32;
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();

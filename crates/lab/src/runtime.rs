@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use ipnet::IpNet;
 use podwire_kernel::Netns;
 use podwire_model::k8s_openapi::api::core::v1::{Container, Pod};
-use podwire_model::{ClusterConfig, PlannedNode, RoutingMode};
+use podwire_model::{ClusterConfig, RoutingMode};
 
 /// The MTU of the lab's underlay links (veths on the switch bridges).
 const UNDERLAY_MTU: u32 = 1500;
@@ -23,6 +23,7 @@ use serde_json::{Value, json};
 use crate::error::{LabError, Result};
 use crate::netns;
 use crate::paths::{LabPaths, netns_path};
+use crate::plan::PlannedNode;
 use crate::spawn::{self, Sandbox};
 
 /// The node's CNI configuration, as a runtime would find it in
@@ -33,7 +34,7 @@ pub fn write_conflist(paths: &LabPaths, node: &PlannedNode, routing: RoutingMode
     // get the overlay device's MTU (as Flannel does) instead of learning it
     // through dropped first packets and path-MTU discovery.
     let mtu = match routing {
-        RoutingMode::Vxlan => UNDERLAY_MTU - podwire_routing::VXLAN_OVERHEAD,
+        RoutingMode::Vxlan => UNDERLAY_MTU - crate::VXLAN_OVERHEAD,
         RoutingMode::HostGw => UNDERLAY_MTU,
     };
     let net = podwire_cni::install::NodeNetwork {
@@ -75,11 +76,50 @@ pub struct CniCall<'a> {
     pub runtime_config: Value,
 }
 
-fn exec_plugin(call: &CniCall, command: &str, conf: &Value) -> Result<Value> {
+impl CniCall<'_> {
+    /// The lab's call as a general [`CniExec`]: the plugin runs in the
+    /// node's namespace with the lab's plugin directory.
+    fn exec(&self) -> CniExec<'_> {
+        CniExec {
+            bin_dir: self.paths.cni_bin(),
+            plugin_netns: Some(netns_path(&self.paths.node_ns(self.node))),
+            container_id: self.container_id,
+            netns: self.netns,
+            ifname: "eth0",
+            args: format!(
+                "K8S_POD_NAME={};IgnoreUnknown=1",
+                self.pod.rsplit('/').next().unwrap_or_default()
+            ),
+            pod: self.pod,
+            runtime_config: self.runtime_config.clone(),
+        }
+    }
+}
+
+/// How a runtime executes a conflist's plugins for one attachment (libcni's
+/// RuntimeConf): the lab's [`CniCall`] and the kubelet both build one.
+pub struct CniExec<'a> {
+    /// Where the plugins are (also CNI_PATH, for delegated IPAM).
+    pub bin_dir: PathBuf,
+    /// The network namespace file the plugin process runs in (the node's);
+    /// None: the caller's own.
+    pub plugin_netns: Option<String>,
+    pub container_id: &'a str,
+    /// The sandbox's network namespace file (CNI_NETNS).
+    pub netns: &'a str,
+    pub ifname: &'a str,
+    /// CNI_ARGS (`K8S_POD_NAMESPACE=..;K8S_POD_NAME=..;IgnoreUnknown=1`).
+    pub args: String,
+    /// The pod as namespace/name, for error messages.
+    pub pod: &'a str,
+    pub runtime_config: Value,
+}
+
+fn exec_plugin(call: &CniExec, command: &str, conf: &Value) -> Result<Value> {
     let kind = conf["type"].as_str().unwrap_or_default();
-    let program = call.paths.cni_bin().join(kind);
+    let program = call.bin_dir.join(kind);
     let sandbox = Sandbox {
-        netns: Some(netns_path(&call.paths.node_ns(call.node))),
+        netns: call.plugin_netns.clone(),
         ..Default::default()
     };
     let mut cmd = spawn::command(&program, &sandbox)?;
@@ -91,15 +131,9 @@ fn exec_plugin(call: &CniCall, command: &str, conf: &Value) -> Result<Value> {
         .env("CNI_COMMAND", command)
         .env("CNI_CONTAINERID", call.container_id)
         .env("CNI_NETNS", call.netns)
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_PATH", call.paths.cni_bin())
-        .env(
-            "CNI_ARGS",
-            format!(
-                "K8S_POD_NAME={};IgnoreUnknown=1",
-                call.pod.rsplit('/').next().unwrap_or_default()
-            ),
-        )
+        .env("CNI_IFNAME", call.ifname)
+        .env("CNI_PATH", &call.bin_dir)
+        .env("CNI_ARGS", &call.args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -173,9 +207,19 @@ fn read_conflist(call: &CniCall) -> Result<Value> {
 
 /// ADD through the whole chain; returns the final result.
 pub fn cni_add(call: &CniCall) -> Result<Value> {
-    let conflist = read_conflist(call)?;
+    add_chain(&call.exec(), &read_conflist(call)?)
+}
+
+/// DEL through the chain in reverse; tolerant, as DEL must be.
+pub fn cni_del(call: &CniCall) -> Result<()> {
+    del_chain(&call.exec(), &read_conflist(call)?)
+}
+
+/// ADD through every plugin of `conflist`, each given the previous one's
+/// result; returns the last result.
+pub fn add_chain(call: &CniExec, conflist: &Value) -> Result<Value> {
     let mut prev: Option<Value> = None;
-    for mut conf in plugin_confs(&conflist, &call.runtime_config) {
+    for mut conf in plugin_confs(conflist, &call.runtime_config) {
         if let Some(p) = &prev {
             conf["prevResult"] = p.clone();
         }
@@ -184,11 +228,11 @@ pub fn cni_add(call: &CniCall) -> Result<Value> {
     prev.ok_or_else(|| LabError::Failed("the conflist has no plugins".into()))
 }
 
-/// DEL through the chain in reverse; tolerant, as DEL must be.
-pub fn cni_del(call: &CniCall) -> Result<()> {
-    let conflist = read_conflist(call)?;
+/// DEL through the plugins of `conflist` in reverse; every plugin runs even
+/// when one fails (the first error is returned).
+pub fn del_chain(call: &CniExec, conflist: &Value) -> Result<()> {
     let mut first_error = None;
-    for conf in plugin_confs(&conflist, &call.runtime_config)
+    for conf in plugin_confs(conflist, &call.runtime_config)
         .into_iter()
         .rev()
     {
@@ -200,6 +244,71 @@ pub fn cni_del(call: &CniCall) -> Result<()> {
         Some(e) => Err(e),
         None => Ok(()),
     }
+}
+
+/// The addresses of a CNI result (`ips[].address`, prefix dropped).
+pub fn result_ips(result: &Value) -> Vec<IpAddr> {
+    result["ips"]
+        .as_array()
+        .map(|list| {
+            list.iter()
+                .filter_map(|ip| ip["address"].as_str())
+                .filter_map(|a| a.parse::<IpNet>().ok())
+                .map(|n| n.addr())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The network configuration a runtime uses from a CNI config directory, as
+/// libcni finds it: the files ending in .conflist, .conf or .json in name
+/// order, the first that parses (a single-plugin .conf becomes a list of
+/// one). Ok(None) when there is none; unreadable or invalid files are
+/// skipped, as runtimes do.
+pub fn find_conflist(dir: &Path) -> Result<Option<(PathBuf, Value)>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(LabError::io(format!("cannot read {}", dir.display()), e)),
+    };
+    let mut files: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.extension()
+                .and_then(|x| x.to_str())
+                .is_some_and(|x| matches!(x, "conflist" | "conf" | "json"))
+        })
+        .collect();
+    files.sort();
+    for path in files {
+        let Ok(text) = std::fs::read(&path) else {
+            continue;
+        };
+        let Ok(value) = serde_json::from_slice::<Value>(&text) else {
+            continue;
+        };
+        if let Some(list) = as_conflist(&path, value) {
+            return Ok(Some((path, list)));
+        }
+    }
+    Ok(None)
+}
+
+/// A parsed config file as a conflist, or None when it is not a usable one.
+fn as_conflist(path: &Path, value: Value) -> Option<Value> {
+    let is_list = path.extension().and_then(|x| x.to_str()) == Some("conflist");
+    if is_list || value.get("plugins").is_some() {
+        let plugins = value["plugins"].as_array()?;
+        return (!plugins.is_empty() && value["name"].is_string()).then_some(value);
+    }
+    // A single plugin's configuration (libcni's ConfListFromConf).
+    value["type"].as_str()?;
+    Some(json!({
+        "cniVersion": value["cniVersion"].clone(),
+        "name": value["name"].clone(),
+        "plugins": [value],
+    }))
 }
 
 /// A pod's (namespace, name), with Kubernetes' default namespace.
@@ -331,7 +440,9 @@ pub fn start_container(
     })
 }
 
-fn resolve_program(program: &str) -> PathBuf {
+/// The file a program name runs: itself when it has a slash, else the
+/// first match on $PATH (as execvp would find it).
+pub fn resolve_program(program: &str) -> PathBuf {
     if program.contains('/') {
         return PathBuf::from(program);
     }
@@ -381,16 +492,7 @@ pub fn create_sandbox(
             return Err(e);
         }
     };
-    let ips: Vec<IpAddr> = result["ips"]
-        .as_array()
-        .map(|list| {
-            list.iter()
-                .filter_map(|ip| ip["address"].as_str())
-                .filter_map(|a| a.parse::<IpNet>().ok())
-                .map(|n| n.addr())
-                .collect()
-        })
-        .unwrap_or_default();
+    let ips = result_ips(&result);
     let Some(first) = ips.first() else {
         let _ = cni_del(&call);
         let _ = netns::delete(paths, &ns_name);

@@ -8,11 +8,12 @@ use std::net::IpAddr;
 use ipnet::{IpNet, Ipv4Net};
 use podwire_kernel::route::Route;
 use podwire_kernel::{Netlink, Netns, sysctl};
-use podwire_model::{LabPlan, LabSpec, PlannedNode};
 
 use crate::error::{LabError, Result};
+use crate::manifest::LabSpec;
 use crate::netns;
 use crate::paths::{LabPaths, netns_path};
+use crate::plan::{LabPlan, PlannedNode};
 
 /// Name of the switch-side end of a node's cable: stable per node name and
 /// within the 15-character limit.

@@ -63,6 +63,11 @@ pub struct DnsArgs {
     /// The Prometheus /metrics endpoint's address (`off` to disable).
     #[arg(long, default_value = "0.0.0.0:9153")]
     metrics_listen: String,
+    /// A zone this server is authoritative for (repeat the flag): names in
+    /// it that the hosts file does not have answer NXDOMAIN instead of
+    /// being forwarded; `.` makes it the whole world (the lab's external host).
+    #[arg(long = "authoritative")]
+    authoritative: Vec<String>,
     /// UDP worker threads (0: one per core).
     #[arg(long, default_value_t = 0)]
     workers: usize,
@@ -164,6 +169,7 @@ pub fn run(args: DnsArgs) -> Result<()> {
     config.ready_listen = optional_addr("ready-listen", &args.ready_listen)?;
     config.metrics_listen = optional_addr("metrics-listen", &args.metrics_listen)?;
     config.workers = args.workers;
+    config.authoritative = args.authoritative.clone();
     let server = Server::start_with_source(config, source)?;
     server.wait();
     Ok(())

@@ -24,7 +24,8 @@ enum LabCmd {
         #[arg(short = 'f', long = "filename")]
         file: Option<String>,
     },
-    /// Remove every namespace, link, rule, process and file of the lab.
+    /// Remove every namespace, link, rule, process and file of the lab
+    /// (exits non-zero, naming each, if something could not be removed).
     Down,
     /// List objects: nodes, pods, svc, endpoints, ingress, ingressclasses,
     /// secrets, deployments, namespaces.
@@ -86,7 +87,22 @@ fn read_file(file: &str) -> Result<String> {
     std::fs::read_to_string(file).with_context(|| format!("cannot read {file}"))
 }
 
+/// Rust starts with SIGPIPE ignored, so printing into a closed pipe (`lab
+/// get pods -A | head -1`) fails and `print!` panics. A command-line tool
+/// ends quietly instead, as `ls` does: SIGPIPE's default action. Not the
+/// supervisor: it must outlive a client that goes away mid-request.
+fn end_quietly_on_closed_pipe() {
+    // SAFETY: resetting one signal's disposition to its default touches no
+    // Rust state; nothing here installed a handler for it.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 pub fn run(args: LabArgs) -> Result<()> {
+    if !matches!(args.command, LabCmd::Supervise) {
+        end_quietly_on_closed_pipe();
+    }
     let name = args.name.as_str();
     let exe = std::env::current_exe().context("cannot find the podwire binary")?;
     let mut progress = |msg: &str| println!("  {msg}");
@@ -94,7 +110,7 @@ pub fn run(args: LabArgs) -> Result<()> {
         LabCmd::Up { file } => {
             let manifest = match &file {
                 Some(f) => read_file(f)?,
-                None => podwire_model::builtin_example().to_string(),
+                None => podwire_lab::builtin_example().to_string(),
             };
             println!(
                 "lab {name}: building {}",
@@ -171,7 +187,7 @@ pub fn run(args: LabArgs) -> Result<()> {
                 println!("{lab}");
             }
         }
-        LabCmd::Example => print!("{}", podwire_model::builtin_example()),
+        LabCmd::Example => print!("{}", podwire_lab::builtin_example()),
         LabCmd::Supervise => podwire_lab::supervise(name, &exe)?,
     }
     Ok(())
@@ -211,11 +227,11 @@ fn print_hints(name: &str) -> Result<()> {
         );
     }
     if client.is_some() {
-        let services = state
-            .services
-            .values()
-            .filter(|s| s.metadata.namespace.as_deref() != Some("kube-system"));
-        for svc in services.take(1) {
+        // The lab's own Services (kube-dns, `kubernetes`) are not the user's.
+        let services = state.services.iter().filter(|((ns, name), _)| {
+            ns != "kube-system" && (ns.as_str(), name.as_str()) != ("default", "kubernetes")
+        });
+        for (_, svc) in services.take(1) {
             let name = svc.metadata.name.clone().unwrap_or_default();
             let ns = svc.metadata.namespace.clone().unwrap_or_default();
             let qualified = if ns == "default" {
@@ -241,7 +257,7 @@ fn print_hints(name: &str) -> Result<()> {
         }
     }
     let paths = podwire_lab::paths::LabPaths::new(name)?;
-    let external = podwire_lab::supervisor::load_record(&paths)?.spec.external;
+    let external = podwire_lab::record::load_record(&paths)?.spec.external;
     if let Some(ext) = &external {
         print_ingress_hints(&state, &paths, &ext.name, &flag);
     }
@@ -270,7 +286,7 @@ fn print_ingress_hints(
     external: &str,
     flag: &str,
 ) {
-    use podwire_lab::supervisor::{INGRESS_NAME, INGRESS_NAMESPACE};
+    use podwire_lab::addons::{INGRESS_NAME, INGRESS_NAMESPACE};
     let Some(controller) = state
         .services
         .get(&(INGRESS_NAMESPACE.to_string(), INGRESS_NAME.to_string()))

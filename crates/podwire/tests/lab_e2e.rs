@@ -812,3 +812,232 @@ fn exec_sees_the_namespace_own_sysfs() {
         node_links.stdout
     );
 }
+
+// ---------------------------------------------------------------------------
+// Found when the lab was tried as a new user would (each failed before its fix).
+
+/// Runs `podwire ARGS` with its stdout a pipe nobody reads any more (as
+/// `podwire ... | head -1` once head has exited); the exit status and
+/// stderr.
+fn into_closed_pipe(args: &[&str]) -> (std::process::ExitStatus, String) {
+    use std::io::Read;
+    let (reader, writer) = nix::unistd::pipe().expect("a pipe");
+    drop(reader);
+    let mut child = std::process::Command::new(podwire())
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::from(writer))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("podwire starts");
+    let status = poll(CMD_TIMEOUT, || child.try_wait().ok().flatten()).unwrap_or_else(|| {
+        let _ = child.kill();
+        panic!("podwire {args:?} did not end within {CMD_TIMEOUT:?}")
+    });
+    let mut stderr = String::new();
+    if let Some(mut err) = child.stderr.take() {
+        let _ = err.read_to_string(&mut stderr);
+    }
+    (status, stderr)
+}
+
+/// A command whose reader went away ends quietly (SIGPIPE, or success):
+/// no panic, nothing on stderr.
+fn assert_ends_quietly(args: &[&str]) {
+    use std::os::unix::process::ExitStatusExt;
+    let (status, stderr) = into_closed_pipe(args);
+    assert!(
+        stderr.trim().is_empty(),
+        "`podwire {}` into a closed pipe must say nothing ({status}): {stderr}",
+        args.join(" ")
+    );
+    assert!(
+        status.success() || status.signal() == Some(libc::SIGPIPE),
+        "`podwire {}` into a closed pipe: {status}",
+        args.join(" ")
+    );
+}
+
+/// `podwire lab example | head -1` panicked ("failed printing to stdout:
+/// Broken pipe").
+#[test]
+fn printing_into_a_closed_pipe_ends_quietly() {
+    assert_ends_quietly(&["lab", "example"]);
+}
+
+/// A fresh lab has what `kubectl get` shows on any new cluster: the four
+/// built-in namespaces, and the `kubernetes` Service at the service
+/// range's first address (so the ingress controller's Service, which took
+/// it, gets another) with the API server's endpoint on the control-plane
+/// node, resolvable through cluster DNS.
+#[test]
+fn a_new_lab_has_the_namespaces_and_kubernetes_service_of_a_cluster() {
+    let lab = Lab::start("kadm", Some(&manifest("two-nodes.yaml")));
+    let run = lab.cmd(&["get", "namespaces"]).expect_ok();
+    let namespaces: BTreeSet<String> = parse_table(&run.stdout)
+        .into_iter()
+        .map(|r| r["NAME"].clone())
+        .collect();
+    for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        assert!(
+            namespaces.contains(ns),
+            "`lab get namespaces` lacks {ns}: {}",
+            run.describe()
+        );
+    }
+
+    let run = lab.cmd(&["get", "svc", "-A"]).expect_ok();
+    let services = parse_table(&run.stdout);
+    let service = |ns: &str, name: &str| {
+        services
+            .iter()
+            .find(|r| r["NAMESPACE"] == ns && r["NAME"] == name)
+            .unwrap_or_else(|| panic!("no Service {ns}/{name}: {}", run.describe()))
+    };
+    let kubernetes = service("default", "kubernetes");
+    assert_eq!(kubernetes["CLUSTER-IP"], "10.96.0.1", "{}", run.describe());
+    assert_eq!(kubernetes["PORT(S)"], "443/TCP", "{}", run.describe());
+    let ingress = service("ingress-podwire", "podwire-ingress");
+    assert_ne!(ingress["CLUSTER-IP"], "10.96.0.1", "{}", run.describe());
+
+    // No node is called controlplane here: the first node plays it.
+    let run = lab.cmd(&["get", "endpoints", "-n", "default"]).expect_ok();
+    let endpoints = parse_table(&run.stdout);
+    let api = endpoints
+        .iter()
+        .find(|r| r["NAME"] == "kubernetes")
+        .unwrap_or_else(|| panic!("no endpoints for kubernetes: {}", run.describe()));
+    assert_eq!(
+        api["ENDPOINTS"],
+        format!("{}:6443", lab.node("node01").internal_ip)
+    );
+
+    let resolved = lab
+        .exec_pod(
+            "default",
+            "client",
+            &["getent", "hosts", "kubernetes.default.svc.cluster.local"],
+        )
+        .expect_ok();
+    assert!(
+        resolved.stdout.starts_with("10.96.0.1 "),
+        "cluster DNS: {}",
+        resolved.describe()
+    );
+
+    // `lab get pods -A | head -1` panicked like `lab example` did.
+    assert_ends_quietly(&["lab", "--name", &lab.name, "get", "pods", "-A"]);
+}
+
+/// `lab logs POD -c WRONG` printed nothing and succeeded; it names the
+/// pod's containers instead, as kubectl does.
+#[test]
+fn logs_of_a_container_the_pod_lacks_name_its_containers() {
+    let lab = Lab::start("logs", Some(&manifest("two-nodes.yaml")));
+    let wrong = lab.cmd(&["logs", "web", "-c", "nginx"]);
+    assert!(
+        wrong.code.is_some_and(|c| c != 0),
+        "a container the pod does not have is an error: {}",
+        wrong.describe()
+    );
+    assert!(
+        wrong.stderr.contains("\"nginx\"") && wrong.stderr.contains("containers: web"),
+        "the error names the wrong container and the pod's own: {}",
+        wrong.describe()
+    );
+    // The right name and no name still show the log (the built-in server
+    // says where it listens).
+    for args in [&["logs", "web", "-c", "web"][..], &["logs", "web"]] {
+        let run = lab.cmd(args).expect_ok();
+        assert!(!run.stdout.trim().is_empty(), "{}", run.describe());
+    }
+    let missing = lab.cmd(&["logs", "nosuchpod"]);
+    assert!(
+        !missing.ok() && missing.stderr.contains("not found"),
+        "{}",
+        missing.describe()
+    );
+}
+
+/// A mount the test makes, unmounted (lazily) when the test ends however it
+/// ends, unless the test unmounted it already.
+struct Mounted {
+    path: std::path::PathBuf,
+    mounted: bool,
+}
+
+impl Mounted {
+    fn new(args: &[&str], path: &std::path::Path) -> Mounted {
+        let mut all = args.to_vec();
+        let target = path.display().to_string();
+        all.push(&target);
+        run_program("mount", &all, None, CMD_TIMEOUT).expect_ok();
+        Mounted {
+            path: path.to_path_buf(),
+            mounted: true,
+        }
+    }
+
+    /// Tolerant: `ip netns delete` may have peeled the mount already.
+    fn unmount(&mut self) {
+        if std::mem::take(&mut self.mounted) {
+            let target = self.path.display().to_string();
+            let _ = run_program("umount", &["-l", &target], None, CMD_TIMEOUT);
+        }
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        self.unmount();
+    }
+}
+
+/// `lab down` said "removed" and exited 0 whatever it left. Here it cannot
+/// remove a directory someone mounted over, nor a node's namespace whose
+/// file is mounted twice: it removes the rest, names those two (with the
+/// links the namespace still holds), exits non-zero, and a second `lab
+/// down` once they are free removes them.
+#[test]
+fn down_reports_what_it_could_not_remove() {
+    let lab = Lab::start("left", Some(&manifest("two-nodes.yaml")));
+    let busy = lab.dir().join("busy");
+    std::fs::create_dir(&busy).expect("a directory in the lab's state");
+    let mut busy_mount = Mounted::new(&["-t", "tmpfs", "podwire-test"], &busy);
+    let node_ns = lab.node_netns("node02");
+    let ns_file = std::path::PathBuf::from(format!("/var/run/netns/{node_ns}"));
+    let mut ns_mount = Mounted::new(&["--bind", &ns_file.display().to_string()], &ns_file);
+
+    let down = lab.down();
+    assert!(
+        down.code.is_some_and(|c| c != 0),
+        "lab down must fail when something is left: {}",
+        down.describe()
+    );
+    assert!(
+        !down.stdout.contains("removed"),
+        "lab down must not claim it removed the lab: {}",
+        down.describe()
+    );
+    for word in [busy.display().to_string(), node_ns.clone(), "cni0".into()] {
+        assert!(
+            down.stderr.contains(&word),
+            "the error should name {word:?}: {}",
+            down.describe()
+        );
+    }
+    assert_eq!(
+        lab.netns(),
+        std::slice::from_ref(&node_ns),
+        "only node02's namespace may remain"
+    );
+    assert!(
+        !lab.dir().join("lab.json").exists(),
+        "the lab's other files must be gone"
+    );
+
+    ns_mount.unmount();
+    busy_mount.unmount();
+    lab.down().expect_ok();
+    lab.assert_gone();
+}

@@ -6,11 +6,14 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::{IpNet, Ipv4Net};
-use k8s_openapi::api::core::v1::{NodeAddress, NodeCondition, NodeSpec, NodeStatus};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use podwire_model::Node;
+use podwire_model::k8s_openapi::api::core::v1::{NodeAddress, NodeCondition, NodeSpec, NodeStatus};
+use podwire_model::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
+use crate::controllers::workload::{CONTROL_PLANE_LABEL, CONTROL_PLANE_NAME};
+use crate::error::ManifestError;
+use crate::manifest::LabSpec;
 use crate::names::hash;
-use crate::{LabSpec, ModelError, Node};
 
 /// Where everything of a lab sits.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,12 +57,12 @@ fn host(net: Ipv4Net, offset: u32) -> Ipv4Net {
 
 /// Computes the plan; validates the spec first so the arithmetic below
 /// cannot leave the subnets.
-pub fn plan_lab(spec: &LabSpec) -> Result<LabPlan, ModelError> {
+pub fn plan_lab(spec: &LabSpec) -> Result<LabPlan, ManifestError> {
     spec.validate()?;
     let mut slices =
         spec.pod_cidr
             .subnets(spec.node_slice_prefix)
-            .map_err(|_| ModelError::SlicePrefix {
+            .map_err(|_| ManifestError::SlicePrefix {
                 prefix: spec.node_slice_prefix,
                 pod_cidr: spec.pod_cidr.to_string(),
                 reason: "it is shorter than the pod range's prefix".into(),
@@ -71,7 +74,7 @@ pub fn plan_lab(spec: &LabSpec) -> Result<LabPlan, ModelError> {
         // validate() guarantees the underlay exists and has room.
         let underlay = spec
             .underlay_of(node)
-            .ok_or_else(|| ModelError::UnknownUnderlay {
+            .ok_or_else(|| ManifestError::UnknownUnderlay {
                 node: node.name.clone(),
                 underlay: node.underlay.clone().unwrap_or_default(),
                 known: spec
@@ -84,7 +87,7 @@ pub fn plan_lab(spec: &LabSpec) -> Result<LabPlan, ModelError> {
         let index = next_host.entry(underlay.name.as_str()).or_insert(0);
         let ip = host(underlay.subnet, 10 + *index);
         *index += 1;
-        let pod_cidr = slices.next().ok_or_else(|| ModelError::SlicePrefix {
+        let pod_cidr = slices.next().ok_or_else(|| ManifestError::SlicePrefix {
             prefix: spec.node_slice_prefix,
             pod_cidr: spec.pod_cidr.to_string(),
             reason: format!("there are not enough slices for {} nodes", spec.nodes.len()),
@@ -143,12 +146,9 @@ pub fn node_object(node: &PlannedNode) -> Node {
         ("kubernetes.io/hostname".to_string(), node.name.clone()),
         ("kubernetes.io/os".to_string(), "linux".to_string()),
     ]);
-    if node.name == "controlplane" {
+    if node.name == CONTROL_PLANE_NAME {
         // As kubeadm labels its control-plane node.
-        labels.insert(
-            "node-role.kubernetes.io/control-plane".into(),
-            String::new(),
-        );
+        labels.insert(CONTROL_PLANE_LABEL.into(), String::new());
     }
     Node {
         metadata: ObjectMeta {
@@ -187,11 +187,12 @@ pub fn node_object(node: &PlannedNode) -> Node {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{LabNode, Underlay, parse_lab};
+    use crate::controllers::workload::is_control_plane;
+    use crate::manifest::{LabNode, Underlay, builtin_example, parse_lab};
 
     #[test]
     fn example_plan() {
-        let spec = parse_lab(crate::builtin_example()).unwrap().spec;
+        let spec = parse_lab(builtin_example()).unwrap().spec;
         let plan = plan_lab(&spec).unwrap();
         let rows: Vec<(&str, String, String, String)> = plan
             .nodes
@@ -314,13 +315,13 @@ mod tests {
     fn invalid_spec_is_refused() {
         assert!(matches!(
             plan_lab(&LabSpec::default()),
-            Err(ModelError::NoNodes)
+            Err(ManifestError::NoNodes)
         ));
     }
 
     #[test]
     fn node_object_fields() {
-        let spec = parse_lab(crate::builtin_example()).unwrap().spec;
+        let spec = parse_lab(builtin_example()).unwrap().spec;
         let plan = plan_lab(&spec).unwrap();
         let node = node_object(&plan.nodes[1]);
         assert_eq!(node.metadata.name.as_deref(), Some("node01"));
@@ -328,7 +329,7 @@ mod tests {
             node.metadata.labels.as_ref().unwrap()["kubernetes.io/hostname"],
             "node01"
         );
-        let info = crate::NodeInfo::from_node(&node).unwrap();
+        let info = podwire_model::NodeInfo::from_node(&node).unwrap();
         assert_eq!(info.internal_ip.to_string(), "192.168.56.11");
         assert_eq!(info.pod_cidr.to_string(), "10.244.1.0/24");
         assert_eq!(
@@ -340,7 +341,7 @@ mod tests {
             (ready.type_.as_str(), ready.status.as_str()),
             ("Ready", "True")
         );
-        assert!(crate::is_control_plane(&node_object(&plan.nodes[0])));
-        assert!(!crate::is_control_plane(&node));
+        assert!(is_control_plane(&node_object(&plan.nodes[0])));
+        assert!(!is_control_plane(&node));
     }
 }

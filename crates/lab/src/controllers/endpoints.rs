@@ -1,18 +1,19 @@
 //! EndpointSlices computed the way the EndpointSlice controller does: which
 //! pods back a Service, whether each is ready, and which port each Service
-//! port reaches on it.
+//! port reaches on it; and the `kubernetes` Service's slice, which the API
+//! server writes for itself.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use k8s_openapi::api::core::v1::{ObjectReference, ServicePort};
-use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use podwire_model::k8s_openapi::api::core::v1::{ObjectReference, ServicePort};
+use podwire_model::k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort};
+use podwire_model::k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use podwire_model::k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use podwire_model::{EndpointSlice, Pod, Service, pod_is_ready};
 
 use crate::names::{hash, safe_suffix};
-use crate::workload::pod_is_ready;
-use crate::{EndpointSlice, Pod, Service};
 
 /// The label tying a slice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -289,13 +290,58 @@ fn slice(
     }
 }
 
+/// The `kubernetes` Service's name and namespace, and the API server's
+/// secure port its slice points at.
+pub const API_SERVER_SERVICE: (&str, &str) = ("default", "kubernetes");
+pub const API_SERVER_PORT: i32 = 6443;
+
+/// The EndpointSlice kube-apiserver keeps for the `kubernetes` Service: the
+/// API server's address and secure port (no selector, no managed-by label:
+/// the API server is not the EndpointSlice controller). None = no API
+/// server address known (an empty slice, as when it has no endpoints).
+pub fn api_server_slice(address: Option<IpAddr>) -> EndpointSlice {
+    let (namespace, name) = API_SERVER_SERVICE;
+    EndpointSlice {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(namespace.into()),
+            labels: Some(BTreeMap::from([(
+                SERVICE_NAME_LABEL.to_string(),
+                name.to_string(),
+            )])),
+            ..Default::default()
+        },
+        address_type: address.map_or("IPv4", family).into(),
+        endpoints: Some(
+            address
+                .map(|ip| Endpoint {
+                    addresses: vec![ip.to_string()],
+                    conditions: Some(EndpointConditions {
+                        ready: Some(true),
+                        serving: Some(true),
+                        terminating: Some(false),
+                    }),
+                    ..Default::default()
+                })
+                .into_iter()
+                .collect(),
+        ),
+        ports: Some(vec![EndpointPort {
+            name: Some("https".into()),
+            protocol: Some("TCP".into()),
+            port: Some(API_SERVER_PORT),
+            app_protocol: None,
+        }]),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::{
+    use podwire_model::k8s_openapi::api::core::v1::{
         Container, ContainerPort, PodCondition, PodSpec, PodStatus, ServiceSpec,
     };
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use podwire_model::k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs
@@ -566,5 +612,23 @@ mod tests {
         let pods = vec![pod("apps", "a", "web", Some("fd00::2"), true, &[])];
         let slices = endpoint_slices(&[service("s", Some(&[("app", "web")]), None)], &pods);
         assert_eq!(slices[0].address_type, "IPv6");
+    }
+
+    #[test]
+    fn api_server_slice_points_at_the_secure_port() {
+        let slice = api_server_slice(Some("192.168.56.10".parse().unwrap()));
+        assert_eq!(slice.metadata.name.as_deref(), Some("kubernetes"));
+        assert_eq!(slice.metadata.namespace.as_deref(), Some("default"));
+        assert_eq!(
+            slice.metadata.labels.as_ref().unwrap()[SERVICE_NAME_LABEL],
+            "kubernetes"
+        );
+        assert_eq!(ips(&slice), ["192.168.56.10"]);
+        let port = &slice.ports.as_ref().unwrap()[0];
+        assert_eq!(
+            (port.name.as_deref(), port.port),
+            (Some("https"), Some(6443))
+        );
+        assert!(ips(&api_server_slice(None)).is_empty());
     }
 }
