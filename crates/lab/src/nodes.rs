@@ -188,6 +188,10 @@ impl Nodes {
             .arg(dir.join("hosts"))
             .arg("--resolv-conf")
             .arg(dir.join("resolv.conf"))
+            // The lab's outside world: a name it does not know does not
+            // exist (NXDOMAIN at once, as the internet answers), so a pod's
+            // wrong short name fails fast after its search list.
+            .args(["--authoritative", "."])
             .args([
                 "--listen",
                 "0.0.0.0:53",
