@@ -77,6 +77,18 @@ fn pods_resolve_services_through_libc_and_curl_by_name() {
     // The kube-dns Service itself has a name.
     let dns = getent(&lab, "default", "client", "kube-dns.kube-system").expect("kube-dns resolves");
     assert_eq!(dns, ["10.96.0.10".parse::<IpAddr>().unwrap()]);
+    // A wrong short name fails fast, as in a cluster: NXDOMAIN through the
+    // whole search list and then from the outside world (the external
+    // host's DNS is authoritative for it), never SERVFAIL or a timeout.
+    let wrong = lab.exec_pod("default", "client", &["getent", "hosts", "nosuch"]);
+    assert_eq!(wrong.code, Some(2), "getent's 'not found': {wrong:?}");
+    assert!(
+        wrong.elapsed < std::time::Duration::from_secs(4),
+        "a wrong name must fail without a resolver timeout (5 s), took {:?}",
+        wrong.elapsed
+    );
+    let dig = lab.exec_pod("default", "client", &["dig", "+search", "nosuch"]);
+    assert!(dig.stdout.contains("status: NXDOMAIN"), "{}", dig.stdout);
     // curl by name reaches a web pod through the Service.
     let answer = lab.curl("default", "client", "http://web-service.apps/");
     assert!(
