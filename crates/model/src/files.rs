@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use crate::source::{Change, Interest, Source, SourceStatus, Update};
 use crate::{
-    Deployment, EndpointSlice, Ingress, IngressClass, Kind, ModelError, Namespace, Node, Object,
-    Pod, Secret, Service, SourceError, Store,
+    Deployment, EndpointSlice, Ingress, IngressClass, Kind, ModelError, Namespace, NetworkPolicy,
+    Node, Object, Pod, Secret, Service, SourceError, Store,
 };
 
 /// Changes per batch: bounds what a walk holds in memory at once.
@@ -191,6 +191,7 @@ fn parse(kind: Kind, bytes: &[u8]) -> Result<Object, String> {
         Kind::Ingress => Object::Ingress(typed::<Ingress>(bytes)?),
         Kind::Secret => Object::Secret(typed::<Secret>(bytes)?),
         Kind::IngressClass => Object::IngressClass(typed::<IngressClass>(bytes)?),
+        Kind::NetworkPolicy => Object::NetworkPolicy(typed::<NetworkPolicy>(bytes)?),
     })
 }
 

@@ -13,7 +13,7 @@ pub use k8s_openapi::api::{
     apps::v1::Deployment,
     core::v1::{Namespace, Node, Pod, Secret, Service},
     discovery::v1::EndpointSlice,
-    networking::v1::{Ingress, IngressClass},
+    networking::v1::{Ingress, IngressClass, NetworkPolicy},
 };
 
 mod error;

@@ -5,8 +5,8 @@ use k8s_openapi::Resource;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::{
-    Deployment, EndpointSlice, Ingress, IngressClass, ModelError, Namespace, Node, Pod, Secret,
-    Service,
+    Deployment, EndpointSlice, Ingress, IngressClass, ModelError, Namespace, NetworkPolicy, Node,
+    Pod, Secret, Service,
 };
 
 /// The kinds of [`Object`]; ordered so that sorting objects by kind puts
@@ -22,11 +22,12 @@ pub enum Kind {
     Ingress,
     Secret,
     IngressClass,
+    NetworkPolicy,
 }
 
 impl Kind {
     /// Every kind, in declaration order.
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 10] = [
         Kind::Namespace,
         Kind::Node,
         Kind::Pod,
@@ -36,6 +37,7 @@ impl Kind {
         Kind::Ingress,
         Kind::Secret,
         Kind::IngressClass,
+        Kind::NetworkPolicy,
     ];
 
     /// The lower-case plural resource name, as in API paths and the store's directories.
@@ -50,6 +52,7 @@ impl Kind {
             Kind::Ingress => "ingresses",
             Kind::Secret => "secrets",
             Kind::IngressClass => "ingressclasses",
+            Kind::NetworkPolicy => "networkpolicies",
         }
     }
 
@@ -82,6 +85,7 @@ impl Kind {
             Kind::Ingress => Ingress::API_VERSION,
             Kind::Secret => Secret::API_VERSION,
             Kind::IngressClass => IngressClass::API_VERSION,
+            Kind::NetworkPolicy => NetworkPolicy::API_VERSION,
         }
     }
 
@@ -97,6 +101,7 @@ impl Kind {
             Kind::Ingress => Ingress::KIND,
             Kind::Secret => Secret::KIND,
             Kind::IngressClass => IngressClass::KIND,
+            Kind::NetworkPolicy => NetworkPolicy::KIND,
         }
     }
 }
@@ -119,6 +124,7 @@ pub enum Object {
     Ingress(Ingress),
     Secret(Secret),
     IngressClass(IngressClass),
+    NetworkPolicy(NetworkPolicy),
 }
 
 impl Object {
@@ -134,6 +140,7 @@ impl Object {
             Object::Ingress(_) => Kind::Ingress,
             Object::Secret(_) => Kind::Secret,
             Object::IngressClass(_) => Kind::IngressClass,
+            Object::NetworkPolicy(_) => Kind::NetworkPolicy,
         }
     }
 
@@ -149,6 +156,7 @@ impl Object {
             Object::Ingress(o) => &o.metadata,
             Object::Secret(o) => &o.metadata,
             Object::IngressClass(o) => &o.metadata,
+            Object::NetworkPolicy(o) => &o.metadata,
         }
     }
 
@@ -164,6 +172,7 @@ impl Object {
             Object::Ingress(o) => &mut o.metadata,
             Object::Secret(o) => &mut o.metadata,
             Object::IngressClass(o) => &mut o.metadata,
+            Object::NetworkPolicy(o) => &mut o.metadata,
         }
     }
 
@@ -206,6 +215,7 @@ impl Object {
             Object::Ingress(o) => serde_json::to_value(o),
             Object::Secret(o) => serde_json::to_value(o),
             Object::IngressClass(o) => serde_json::to_value(o),
+            Object::NetworkPolicy(o) => serde_json::to_value(o),
         };
         // Serializing these plain data types cannot fail (no maps with
         // non-string keys, no custom serializers that error); keep a
@@ -271,6 +281,7 @@ impl Object {
             Kind::Ingress => Object::Ingress(parse(v).map_err(invalid)?),
             Kind::Secret => Object::Secret(parse(v).map_err(invalid)?),
             Kind::IngressClass => Object::IngressClass(parse(v).map_err(invalid)?),
+            Kind::NetworkPolicy => Object::NetworkPolicy(parse(v).map_err(invalid)?),
         })
     }
 }
@@ -298,7 +309,8 @@ from_impl!(
     Deployment,
     Ingress,
     Secret,
-    IngressClass
+    IngressClass,
+    NetworkPolicy
 );
 
 #[cfg(test)]

@@ -8,8 +8,8 @@ use ipnet::IpNet;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::{
-    Deployment, EndpointSlice, Ingress, IngressClass, Kind, Namespace, Node, Object, Pod, Secret,
-    Service,
+    Deployment, EndpointSlice, Ingress, IngressClass, Kind, Namespace, NetworkPolicy, Node, Object,
+    Pod, Secret, Service,
 };
 
 /// How nodes reach each other's pod slices.
@@ -62,6 +62,7 @@ pub struct ClusterState {
     pub secrets: BTreeMap<(String, String), Secret>,
     /// Cluster-scoped, keyed by name.
     pub ingress_classes: BTreeMap<String, IngressClass>,
+    pub network_policies: BTreeMap<(String, String), NetworkPolicy>,
 }
 
 /// The annotation a node agent publishes its VXLAN device's MAC in (on its
@@ -191,6 +192,9 @@ impl ClusterState {
             Object::IngressClass(o) => {
                 self.ingress_classes.insert(key.1, o);
             }
+            Object::NetworkPolicy(o) => {
+                self.network_policies.insert(key, o);
+            }
         }
     }
 
@@ -209,6 +213,7 @@ impl ClusterState {
             Object::Ingress(o) => upsert(&mut self.ingresses, key, o),
             Object::Secret(o) => upsert(&mut self.secrets, key, o),
             Object::IngressClass(o) => upsert(&mut self.ingress_classes, key.1, o),
+            Object::NetworkPolicy(o) => upsert(&mut self.network_policies, key, o),
         }
     }
 
@@ -231,6 +236,7 @@ impl ClusterState {
             Kind::Ingress => scoped(&self.ingresses),
             Kind::Secret => scoped(&self.secrets),
             Kind::IngressClass => cluster(&self.ingress_classes),
+            Kind::NetworkPolicy => scoped(&self.network_policies),
         }
     }
 
@@ -248,6 +254,7 @@ impl ClusterState {
             Kind::Ingress => self.ingresses.remove(&key).is_some(),
             Kind::Secret => self.secrets.remove(&key).is_some(),
             Kind::IngressClass => self.ingress_classes.remove(name).is_some(),
+            Kind::NetworkPolicy => self.network_policies.remove(&key).is_some(),
         }
     }
 
@@ -272,6 +279,11 @@ impl ClusterState {
                 .get(name)
                 .cloned()
                 .map(Object::IngressClass),
+            Kind::NetworkPolicy => self
+                .network_policies
+                .get(&key)
+                .cloned()
+                .map(Object::NetworkPolicy),
         }
     }
 
@@ -296,6 +308,12 @@ impl ClusterState {
                 .values()
                 .cloned()
                 .map(Object::IngressClass),
+        );
+        out.extend(
+            self.network_policies
+                .values()
+                .cloned()
+                .map(Object::NetworkPolicy),
         );
         out
     }

@@ -27,8 +27,8 @@ use kube::runtime::watcher::{self, Event};
 use kube::{Resource, ResourceExt};
 use podwire_model::{
     Change, ClusterConfig, Deployment, EndpointSlice, Ingress, IngressClass, Interest, Kind,
-    Namespace, Node, Object, ObjectRef, Pod, RoutingMode, Secret, Service, Source, SourceError,
-    SourceStatus, Update,
+    Namespace, NetworkPolicy, Node, Object, ObjectRef, Pod, RoutingMode, Secret, Service, Source,
+    SourceError, SourceStatus, Update,
 };
 
 use crate::client::Kube;
@@ -489,6 +489,10 @@ impl KubeSource {
                 Kind::IngressClass => handle.spawn(watch_kind::<IngressClass>(
                     job(kind, resource, None),
                     Object::IngressClass,
+                )),
+                Kind::NetworkPolicy => handle.spawn(watch_kind::<NetworkPolicy>(
+                    job(kind, resource, None),
+                    Object::NetworkPolicy,
                 )),
             };
             tasks.push(task);
