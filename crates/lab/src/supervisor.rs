@@ -174,6 +174,8 @@ impl Controller {
         let mut ordered = objects;
         ordered.sort_by_key(|o| match o.kind() {
             Kind::Namespace => 0,
+            // Policies before the pods they select: no window without them.
+            Kind::NetworkPolicy => 0,
             Kind::Node => 1,
             Kind::Secret => 2,
             Kind::Service => 3,
