@@ -168,16 +168,7 @@ pub fn add(conf: &NetConf, env: &Env) -> Result<CniResult> {
         })?),
         None => None,
     };
-    let netns = Netns::open(&env.netns).map_err(|e| {
-        Error::new(
-            Code::ContainerUnknown,
-            format!(
-                "cannot open the container's network namespace {}",
-                env.netns
-            ),
-            e.to_string(),
-        )
-    })?;
+    let netns = crate::env::open_netns(&env.netns)?;
     let mut undo = Undo::default();
     let outcome = ipam_add(conf, env, &ipam)?;
     undo.ipam = true;
@@ -356,7 +347,7 @@ fn add_with(
     }
     let subnets: Vec<IpNet> = outcome.ips.iter().map(|i| i.address.trunc()).collect();
     if att.ip_masq || !att.port_mappings.is_empty() || att.spoof_mac.is_some() {
-        fw::install(&att, &subnets)?;
+        fw::install(&att, &subnets, &owner(conf, &env.container_id, &env.ifname))?;
         if !att.port_mappings.is_empty() && att.ips.iter().any(IpAddr::is_ipv4) {
             // Lets host processes reach 127.0.0.1:hostPort: the DNATed packet
             // keeps its loopback source until masquerade rewrites it.
@@ -513,31 +504,131 @@ fn ensure_gateways(
     Ok(())
 }
 
+/// The owner tag on every element of one attachment of this plugin.
+fn owner(conf: &NetConf, container_id: &str, ifname: &str) -> String {
+    firewall::owner_tag(&conf.plugin_type, &conf.name, container_id, ifname)
+}
+
+/// DEL never gives up on an attachment: with a readable record it undoes
+/// exactly what the record says; without one (missing, empty, truncated,
+/// garbage) it finds the same things by what is deterministic or carried by
+/// the objects themselves: the host veth's name (a hash of network,
+/// container and interface), the elements' owner tags, the addresses
+/// IPAM holds for the container and those in prevResult.
 pub fn del(conf: &NetConf, env: &Env) -> Result<()> {
     let ipam = ipam_of(conf)?;
     let dir = state_dir(conf);
-    let att = state::load(&dir, &conf.name, &env.container_id, &env.ifname)?;
-    if let Some(att) = &att {
-        fw::remove(att)?;
+    let record = state::read(&dir, &conf.name, &env.container_id, &env.ifname);
+    let fallback_veth = host_veth_name(&conf.name, &env.container_id, &env.ifname);
+    match &record {
+        state::Record::Found(att) => fw::remove(att)?,
+        other => {
+            if let state::Record::Corrupt(why) = other {
+                tracing::warn!(%why, "attachment record is unreadable; deleting what can be found without it");
+            }
+            let ips = attachment_ips(conf, env, &ipam)?;
+            let keep = live_elements(&dir, &conf.name, |c, i| {
+                c != env.container_id || i != env.ifname
+            })?;
+            let me = owner(conf, &env.container_id, &env.ifname);
+            fw::sweep(&fw::Sweep {
+                maps: &firewall::CONTAINER_MAPS,
+                owner: &|tag| tag == me,
+                ips: &ips,
+                host_veths: std::slice::from_ref(&fallback_veth),
+                keep: &keep,
+            })?;
+        }
     }
     // The container end first: deleting it removes the pair. When the
-    // namespace is gone, so is the pair; the host name is a fallback.
+    // namespace is gone (or CNI_NETNS is no namespace at all), so is the
+    // pair; the host name is a fallback.
     let mut deleted = false;
-    if !env.netns.is_empty()
-        && let Ok(netns) = Netns::open(&env.netns)
-    {
-        let mut ctr = Netlink::in_netns(&netns)?;
-        deleted = ctr.delete_link(&env.ifname)?;
+    if !env.netns.is_empty() {
+        match crate::env::open_netns(&env.netns) {
+            Ok(netns) => {
+                let mut ctr = Netlink::in_netns(&netns)?;
+                deleted = ctr.delete_link(&env.ifname)?;
+            }
+            Err(e) => tracing::debug!(error = %e, "container namespace not usable for DEL"),
+        }
     }
     if !deleted {
-        let name = att
-            .as_ref()
-            .and_then(|a| a.host_veth.clone())
-            .unwrap_or_else(|| host_veth_name(&conf.name, &env.container_id, &env.ifname));
+        let name = match &record {
+            state::Record::Found(att) => att.host_veth.clone().unwrap_or(fallback_veth),
+            _ => fallback_veth,
+        };
         Netlink::new()?.delete_link(&name)?;
     }
     ipam_del(conf, env, &ipam)?;
     state::remove(&dir, &conf.name, &env.container_id, &env.ifname)
+}
+
+/// The addresses one attachment holds when its record cannot tell: what the
+/// IPAM store holds for it, and what prevResult says unless the store gives
+/// that address to someone else now.
+fn attachment_ips(conf: &NetConf, env: &Env, ipam: &Ipam) -> Result<Vec<IpAddr>> {
+    let held = match ipam {
+        Ipam::Local(cfg) => ipam::list(&cfg.data_dir, &conf.name)?,
+        Ipam::Delegated(_) => Vec::new(),
+    };
+    let mine = |cid: &str, ifname: &str| {
+        cid == env.container_id && (ifname.is_empty() || ifname == env.ifname)
+    };
+    let mut ips: Vec<IpAddr> = held
+        .iter()
+        .filter(|(_, cid, ifname)| mine(cid, ifname))
+        .map(|(ip, _, _)| *ip)
+        .collect();
+    if let Some(prev) = &conf.prev_result {
+        for ip in prev_result_ips(prev, &env.ifname) {
+            let taken = held
+                .iter()
+                .any(|(held_ip, cid, ifname)| *held_ip == ip && !mine(cid, ifname));
+            if !taken && !ips.contains(&ip) {
+                ips.push(ip);
+            }
+        }
+    }
+    Ok(ips)
+}
+
+/// The container's addresses in a previous result: those on `ifname` in a
+/// sandbox, or on no interface in particular.
+fn prev_result_ips(prev: &CniResult, ifname: &str) -> Vec<IpAddr> {
+    prev.ips
+        .iter()
+        .filter(
+            |ip| match ip.interface.and_then(|i| prev.interfaces.get(i)) {
+                Some(iface) => iface.sandbox.is_some() && iface.name == ifname,
+                None => true,
+            },
+        )
+        .map(|ip| ip.address.addr())
+        .collect()
+}
+
+/// The elements of every readable record of the network that `alive`
+/// accepts (by container ID and interface).
+fn live_elements(
+    dir: &Path,
+    network: &str,
+    alive: impl Fn(&str, &str) -> bool,
+) -> Result<Vec<podwire_kernel::nft::Element>> {
+    let mut out = Vec::new();
+    for entry in state::scan(dir, network)? {
+        if let state::Record::Found(att) = &entry.record
+            && alive(&att.container_id, &att.ifname)
+        {
+            out.extend(firewall::container_elements(
+                &att.netid,
+                &att.ips,
+                att.ip_masq,
+                &att.port_mappings,
+            )?);
+        }
+    }
+    Ok(out)
 }
 
 pub fn check(conf: &NetConf, env: &Env) -> Result<()> {
@@ -548,16 +639,7 @@ pub fn check(conf: &NetConf, env: &Env) -> Result<()> {
         )
     })?;
     let ipam = ipam_of(conf)?;
-    let netns = Netns::open(&env.netns).map_err(|e| {
-        Error::new(
-            Code::ContainerUnknown,
-            format!(
-                "cannot open the container's network namespace {}",
-                env.netns
-            ),
-            e.to_string(),
-        )
-    })?;
+    let netns = crate::env::open_netns(&env.netns)?;
     let mut ctr = Netlink::in_netns(&netns)?;
     let link = ctr.link_by_name(&env.ifname)?.ok_or_else(|| {
         Error::internal(
@@ -638,23 +720,79 @@ pub fn check(conf: &NetConf, env: &Env) -> Result<()> {
     Ok(())
 }
 
-/// CNI GC: releases every address and firewall element whose attachment is
-/// not in `valid`.
+/// CNI GC: undoes every attachment not in `valid`, whatever is left of it:
+/// readable records exactly, corrupt records and leftover temporary files by
+/// their file name (container ID and interface), IPAM leases by their
+/// holder, and elements by their owner tag.
 pub fn gc(conf: &NetConf, env: &Env, valid: &[(String, String)]) -> Result<()> {
     let ipam = ipam_of(conf)?;
     let dir = state_dir(conf);
-    for att in state::list(&dir, &conf.name)? {
-        if valid
+    let is_valid = |cid: &str, ifname: &str| valid.iter().any(|(c, i)| c == cid && i == ifname);
+    let entries = state::scan(&dir, &conf.name)?;
+    let held = match &ipam {
+        Ipam::Local(cfg) => ipam::list(&cfg.data_dir, &conf.name)?,
+        Ipam::Delegated(_) => Vec::new(),
+    };
+    // Legacy leases name no interface: they belong to any of the container's.
+    let lease_valid = |cid: &str, ifname: &str| {
+        valid
             .iter()
-            .any(|(c, i)| *c == att.container_id && *i == att.ifname)
-        {
-            continue;
+            .any(|(c, i)| c == cid && (ifname.is_empty() || i == ifname))
+    };
+    let mut stale_ips: Vec<IpAddr> = held
+        .iter()
+        .filter(|(_, cid, ifname)| !lease_valid(cid, ifname))
+        .map(|(ip, _, _)| *ip)
+        .collect();
+    let mut stale_veths: Vec<String> = held
+        .iter()
+        .filter(|(_, cid, ifname)| !lease_valid(cid, ifname) && !ifname.is_empty())
+        .map(|(_, cid, ifname)| host_veth_name(&conf.name, cid, ifname))
+        .collect();
+    let keep = live_elements(&dir, &conf.name, is_valid)?;
+    for entry in entries
+        .iter()
+        .filter(|e| !is_valid(&e.container_id, &e.ifname))
+    {
+        stale_veths.push(host_veth_name(
+            &conf.name,
+            &entry.container_id,
+            &entry.ifname,
+        ));
+        if let state::Record::Found(att) = &entry.record {
+            fw::remove(att)?;
+            stale_ips.extend(att.ips.iter().copied());
+            stale_veths.extend(att.host_veth.clone());
         }
-        fw::remove(&att)?;
-        if let Some(name) = &att.host_veth {
-            Netlink::new()?.delete_link(name)?;
+    }
+    let valid_tags: Vec<String> = valid
+        .iter()
+        .map(|(cid, ifname)| owner(conf, cid, ifname))
+        .collect();
+    let prefix = firewall::owner_prefix(&conf.plugin_type, &conf.name);
+    let removed = fw::sweep(&fw::Sweep {
+        maps: &firewall::CONTAINER_MAPS,
+        owner: &|tag| tag.starts_with(&prefix) && !valid_tags.iter().any(|v| v == tag),
+        ips: &stale_ips,
+        host_veths: &stale_veths,
+        keep: &keep,
+    })?;
+    if removed > 0 {
+        tracing::info!(removed, "GC removed firewall elements of stale attachments");
+    }
+    stale_veths.sort();
+    stale_veths.dedup();
+    if !stale_veths.is_empty() {
+        let mut host = Netlink::new()?;
+        for name in &stale_veths {
+            host.delete_link(name)?;
         }
-        state::remove(&dir, &conf.name, &att.container_id, &att.ifname)?;
+    }
+    for entry in entries
+        .iter()
+        .filter(|e| !is_valid(&e.container_id, &e.ifname))
+    {
+        state::remove(&dir, &conf.name, &entry.container_id, &entry.ifname)?;
     }
     match &ipam {
         Ipam::Local(cfg) => {

@@ -115,6 +115,25 @@ impl Env {
     }
 }
 
+/// Opens CNI_NETNS. A path that does not exist (or cannot be opened) means
+/// the container is gone: code 3. A path that exists but is no network
+/// namespace (a regular file, a directory, a uts namespace...) is a bad
+/// value of the variable: code 4, naming it, as the spec asks.
+pub fn open_netns(path: &str) -> Result<podwire_kernel::Netns> {
+    podwire_kernel::Netns::open_network(path).map_err(|e| match e {
+        podwire_kernel::Error::Invalid(what) => Error::new(
+            Code::InvalidEnvironment,
+            format!("invalid CNI_NETNS {path:?}: {what}"),
+            "CNI_NETNS must be the path of the container's network namespace, such as /var/run/netns/<name> or /proc/<pid>/ns/net",
+        ),
+        other => Error::new(
+            Code::ContainerUnknown,
+            format!("cannot open the container's network namespace {path}"),
+            other.to_string(),
+        ),
+    })
+}
+
 /// CNI_ARGS is `K=V;K2=V2`; an entry without `=` is malformed.
 pub fn parse_args(text: &str) -> Result<Vec<(String, String)>> {
     let mut out = Vec::new();
@@ -229,6 +248,20 @@ mod tests {
         for bad in ["", ".", "..", "a/b", "a:b", "a b", "abcdefghijklmnop"] {
             assert!(validate_ifname(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn cni_netns_must_be_a_network_namespace() {
+        open_netns("/proc/self/ns/net").unwrap();
+        let err = open_netns("/proc/self/ns/uts").unwrap_err();
+        assert_eq!(err.code, Code::InvalidEnvironment);
+        assert!(
+            err.msg.contains("CNI_NETNS") && err.msg.contains("uts"),
+            "{err}"
+        );
+        assert_eq!(open_netns("/").unwrap_err().code, Code::InvalidEnvironment);
+        let err = open_netns("/var/run/netns/podwire-no-such-netns").unwrap_err();
+        assert_eq!(err.code, Code::ContainerUnknown);
     }
 
     #[test]

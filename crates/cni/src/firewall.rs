@@ -184,6 +184,101 @@ fn family_and_net(subnet: &IpNet) -> (&'static str, IpNet) {
     }
 }
 
+/// The maps of the inet table that hold per-container elements.
+pub const CONTAINER_MAPS: [&str; 8] = [
+    "masq4",
+    "masq6",
+    "hairpin4",
+    "hairpin6",
+    "hostports4",
+    "hostports6",
+    "hostports4_ip",
+    "hostports6_ip",
+];
+
+/// The sets of the bridge table that hold per-port spoof-check elements.
+pub const SPOOF_SETS: [&str; 2] = ["spoof_ports", "spoof_allowed"];
+
+/// Owner tags stay short: they ride along with every element.
+const TAG_LEN: usize = 127;
+
+fn short_hash(parts: &[&str]) -> String {
+    let mut hash: u64 = 0xcbf29ce484222325;
+    for (i, part) in parts.iter().enumerate() {
+        for b in part.bytes().chain((i + 1 < parts.len()).then_some(0)) {
+            hash ^= u64::from(b);
+            hash = hash.wrapping_mul(0x100000001b3);
+        }
+    }
+    format!("#{hash:016x}")
+}
+
+/// The start of every owner tag of one plugin type and network
+/// (`<plugin> <network> `), for GC to find that network's elements.
+pub fn owner_prefix(plugin: &str, network: &str) -> String {
+    let net = if network.len() <= 40 {
+        network.to_string()
+    } else {
+        short_hash(&[network])
+    };
+    format!("{plugin} {net} ")
+}
+
+/// The owner tag every element of one attachment carries: plugin type,
+/// network, container ID and interface (a hash of the last two when they do
+/// not fit). Elements then say whom they belong to, so DEL and GC can find
+/// them when the attachment record is lost or damaged.
+pub fn owner_tag(plugin: &str, network: &str, container_id: &str, ifname: &str) -> String {
+    let prefix = owner_prefix(plugin, network);
+    let plain = format!("{container_id} {ifname}");
+    if prefix.len() + plain.len() <= TAG_LEN {
+        format!("{prefix}{plain}")
+    } else {
+        format!("{prefix}{}", short_hash(&[container_id, ifname]))
+    }
+}
+
+/// The container address an element of `set` names: the key of a
+/// masquerade or hairpin element, the value (DNAT target) of a hostport.
+pub fn element_ip(set: &str, key: &[u8], value: Option<&[u8]>) -> Option<IpAddr> {
+    let bytes = if set.starts_with("hostports") {
+        value?
+    } else {
+        key
+    };
+    if set.ends_with('4') || set.ends_with("4_ip") {
+        let octets: [u8; 4] = bytes.get(..4)?.try_into().ok()?;
+        Some(IpAddr::from(octets))
+    } else {
+        let octets: [u8; 16] = bytes.get(..16)?.try_into().ok()?;
+        Some(IpAddr::from(octets))
+    }
+}
+
+/// (protocol, host port) of a hostport element's key.
+pub fn hostport_of(set: &str, key: &[u8]) -> Option<(u8, u16)> {
+    let skip = match set {
+        "hostports4" | "hostports6" => 0,
+        "hostports4_ip" => 4,
+        "hostports6_ip" => 16,
+        _ => return None,
+    };
+    let proto = *key.get(skip)?;
+    let port = key.get(skip + 4..skip + 6)?;
+    Some((proto, u16::from_be_bytes([port[0], port[1]])))
+}
+
+/// The host port (interface name) a spoof-check element guards.
+pub fn spoof_ifname(set: &str, key: &[u8]) -> Option<String> {
+    let name = match set {
+        "spoof_ports" => key.get(..16)?,
+        "spoof_allowed" => key.get(8..24)?,
+        _ => return None,
+    };
+    let end = name.iter().position(|b| *b == 0).unwrap_or(name.len());
+    Some(String::from_utf8_lossy(&name[..end]).into_owned())
+}
+
 pub fn protocol_number(protocol: &str) -> Result<u8> {
     match protocol.to_ascii_lowercase().as_str() {
         "tcp" => Ok(6),
@@ -327,6 +422,58 @@ mod tests {
         assert_eq!(els[0].key, vec![Field::IfName("veth1".into())]);
         assert_eq!(els[1].key[0], Field::Mac([2, 0, 0, 0, 0, 1]));
         assert!(spoof_script().contains("ether saddr . iifname != @spoof_allowed drop"));
+    }
+
+    #[test]
+    fn owner_tags_fit_and_name_their_attachment() {
+        let c = owner_tag("podwire", "podnet", "abc", "eth0");
+        assert_eq!(c, "podwire podnet abc eth0");
+        assert!(c.starts_with(&owner_prefix("podwire", "podnet")));
+        assert_ne!(c, owner_tag("podwire-portmap", "podnet", "abc", "eth0"));
+        let id = "f".repeat(64);
+        let c = owner_tag("podwire-portmap", "podnet", &id, "eth0");
+        assert!(c.contains(&id), "{c}");
+        let long = "a".repeat(300);
+        let c = owner_tag("podwire", &long, &long, "eth0");
+        assert!(c.len() <= 127, "{c}");
+        assert!(c.starts_with(&owner_prefix("podwire", &long)));
+        assert_ne!(c, owner_tag("podwire", &long, &long, "eth1"));
+    }
+
+    #[test]
+    fn addresses_and_ports_are_read_back_from_raw_elements() {
+        use podwire_kernel::nft::encode_concat;
+        let ip: IpAddr = "10.1.0.5".parse().unwrap();
+        let ip6: IpAddr = "fd00::5".parse().unwrap();
+        let els = container_elements(
+            "n",
+            &[ip, ip6],
+            true,
+            &[
+                pm(8080, 80, "udp", None),
+                pm(53, 53, "tcp", Some("fd00::1")),
+            ],
+        )
+        .unwrap();
+        for e in &els {
+            let value = match &e.data {
+                ElementData::Value(fields) => Some(encode_concat(fields)),
+                _ => None,
+            };
+            let key = encode_concat(&e.key);
+            let got = element_ip(&e.set, &key, value.as_deref()).unwrap();
+            assert_eq!(got.is_ipv4(), e.set.contains('4'), "{}", e.set);
+            assert!(got == ip || got == ip6, "{}", e.set);
+            if e.set.starts_with("hostports") {
+                let (proto, port) = hostport_of(&e.set, &key).unwrap();
+                assert!((proto, port) == (17, 8080) || (proto, port) == (6, 53));
+            }
+        }
+        let spoof = spoof_elements("vethabc", [2, 0, 0, 0, 0, 1]);
+        for e in &spoof {
+            let key = encode_concat(&e.key);
+            assert_eq!(spoof_ifname(&e.set, &key).as_deref(), Some("vethabc"));
+        }
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! chains once per namespace and network (through `nft -f`), then the
 //! attachment's map elements in one netlink transaction.
 
+use std::net::IpAddr;
+
 use ipnet::IpNet;
 use podwire_kernel::conntrack;
 use podwire_kernel::nft::{self, ElementBatch, Family};
@@ -15,9 +17,10 @@ fn nft_error(what: &str, err: podwire_kernel::Error) -> Error {
 }
 
 /// Makes sure the table and this network's chains exist, then adds the
-/// attachment's elements.
-pub fn install(att: &Attachment, subnets: &[IpNet]) -> Result<()> {
-    install_spoof_check(att)?;
+/// attachment's elements, each with `owner` (see
+/// [`firewall::owner_tag`]) as its owner tag.
+pub fn install(att: &Attachment, subnets: &[IpNet], owner: &str) -> Result<()> {
+    install_spoof_check(att, owner)?;
     let elements =
         firewall::container_elements(&att.netid, &att.ips, att.ip_masq, &att.port_mappings)?;
     if elements.is_empty() {
@@ -39,15 +42,17 @@ pub fn install(att: &Attachment, subnets: &[IpNet]) -> Result<()> {
         add: elements,
         delete: Vec::new(),
     };
-    nft::apply_elements(Family::Inet, TABLE, &batch).map_err(|e| match e.errno() {
-        Some(libc::EBUSY) | Some(libc::EEXIST) => Error::internal(
-            "a published host port is already taken by another container",
-            format!(
-                "port mappings {:?}: choose another hostPort",
-                att.port_mappings
+    nft::apply_elements_with_owner(Family::Inet, TABLE, &batch, Some(owner)).map_err(|e| {
+        match e.errno() {
+            Some(libc::EBUSY) | Some(libc::EEXIST) => Error::internal(
+                "a published host port is already taken by another container",
+                format!(
+                    "port mappings {:?}: choose another hostPort",
+                    att.port_mappings
+                ),
             ),
-        ),
-        _ => nft_error("adding elements", e),
+            _ => nft_error("adding elements", e),
+        }
     })
 }
 
@@ -127,7 +132,7 @@ fn spoof_elements(att: &Attachment) -> Option<Vec<nft::Element>> {
     Some(firewall::spoof_elements(att.host_veth.as_deref()?, mac))
 }
 
-fn install_spoof_check(att: &Attachment) -> Result<()> {
+fn install_spoof_check(att: &Attachment, owner: &str) -> Result<()> {
     let Some(elements) = spoof_elements(att) else {
         return Ok(());
     };
@@ -145,8 +150,102 @@ fn install_spoof_check(att: &Attachment) -> Result<()> {
         add: elements,
         delete: Vec::new(),
     };
-    nft::apply_elements(Family::Bridge, TABLE, &batch)
+    nft::apply_elements_with_owner(Family::Bridge, TABLE, &batch, Some(owner))
         .map_err(|e| nft_error("adding spoof-check elements", e))
+}
+
+/// What to remove when no readable record says exactly what an attachment
+/// added: elements are recognised by what they carry themselves.
+pub struct Sweep<'a> {
+    /// The maps of the inet table to look at (see
+    /// [`firewall::CONTAINER_MAPS`]): a plugin only touches the maps it
+    /// fills.
+    pub maps: &'a [&'a str],
+    /// Elements whose owner tag this accepts.
+    pub owner: &'a dyn Fn(&str) -> bool,
+    /// Elements without an owner tag (added before tags existed) that
+    /// name one of these container addresses.
+    pub ips: &'a [IpAddr],
+    /// Spoof-check elements of these host ports.
+    pub host_veths: &'a [String],
+    /// Elements that live attachments own: kept whatever the rest says, so
+    /// an address or port handed out again is never taken from its new
+    /// owner.
+    pub keep: &'a [nft::Element],
+}
+
+/// Removes every element [`Sweep`] describes, in one transaction per map,
+/// and flushes UDP conntrack entries of removed hostports. Returns how many
+/// elements were removed.
+pub fn sweep(what: &Sweep) -> Result<usize> {
+    let mut removed = 0;
+    if nft::table_exists(Family::Inet, TABLE).map_err(|e| nft_error("looking up the table", e))? {
+        for &set in what.maps {
+            let keep: Vec<(Vec<u8>, Option<Vec<u8>>)> = what
+                .keep
+                .iter()
+                .filter(|e| e.set == set)
+                .map(|e| {
+                    let value = match &e.data {
+                        nft::ElementData::Value(fields) => Some(nft::encode_concat(fields)),
+                        _ => None,
+                    };
+                    (nft::encode_concat(&e.key), value)
+                })
+                .collect();
+            let listed = nft::list_elements_with_owners(Family::Inet, TABLE, set)
+                .map_err(|e| nft_error("listing elements", e))?;
+            let doomed: Vec<&nft::ListedElement> = listed
+                .iter()
+                .filter(|e| match &e.owner {
+                    Some(owner) => (what.owner)(owner),
+                    None => firewall::element_ip(set, &e.key, e.value.as_deref())
+                        .is_some_and(|ip| what.ips.contains(&ip)),
+                })
+                .filter(|e| {
+                    !keep
+                        .iter()
+                        .any(|(key, value)| *key == e.key && (value.is_none() || *value == e.value))
+                })
+                .collect();
+            let keys: Vec<Vec<u8>> = doomed.iter().map(|e| e.key.clone()).collect();
+            nft::destroy_elements_by_key(Family::Inet, TABLE, set, &keys)
+                .map_err(|e| nft_error("deleting elements", e))?;
+            removed += keys.len();
+            for e in doomed {
+                let (Some((17, port)), Some(ip)) = (
+                    firewall::hostport_of(set, &e.key),
+                    firewall::element_ip(set, &e.key, e.value.as_deref()),
+                ) else {
+                    continue;
+                };
+                if let Err(err) = conntrack::flush_udp_port(port, Some(ip)) {
+                    tracing::warn!(error = %err, port, "flushing UDP conntrack entries failed");
+                }
+            }
+        }
+    }
+    if nft::table_exists(Family::Bridge, TABLE)
+        .map_err(|e| nft_error("looking up the bridge table", e))?
+    {
+        for set in firewall::SPOOF_SETS {
+            let listed = nft::list_elements_with_owners(Family::Bridge, TABLE, set)
+                .map_err(|e| nft_error("listing spoof-check elements", e))?;
+            let keys: Vec<Vec<u8>> = listed
+                .into_iter()
+                .filter(|e| {
+                    e.owner.as_deref().is_some_and(what.owner)
+                        || firewall::spoof_ifname(set, &e.key)
+                            .is_some_and(|name| what.host_veths.contains(&name))
+                })
+                .map(|e| e.key)
+                .collect();
+            nft::destroy_elements_by_key(Family::Bridge, TABLE, set, &keys)
+                .map_err(|e| nft_error("deleting spoof-check elements", e))?;
+            removed += keys.len();
+        }
+    }
+    Ok(removed)
 }
 
 /// CHECK: the attachment's elements are programmed.

@@ -11,6 +11,7 @@ pub mod firewall;
 pub mod fw;
 pub mod install;
 pub mod ipam;
+pub mod log;
 pub mod loopback;
 pub mod netconf;
 pub mod portmap;

@@ -4,21 +4,12 @@
 use podwire_kernel::{Netlink, Netns};
 
 use crate::env::Env;
-use crate::error::{Code, Error, Result};
+use crate::error::{Error, Result};
 use crate::netconf::NetConf;
 use crate::result::{CniResult, Interface, IpConfig};
 
 fn open(env: &Env) -> Result<Netns> {
-    Netns::open(&env.netns).map_err(|e| {
-        Error::new(
-            Code::ContainerUnknown,
-            format!(
-                "cannot open the container's network namespace {}",
-                env.netns
-            ),
-            e.to_string(),
-        )
-    })
+    crate::env::open_netns(&env.netns)
 }
 
 pub fn add(conf: &NetConf, env: &Env) -> Result<CniResult> {

@@ -195,6 +195,9 @@ impl NetConf {
                 "an MTU lies between 68 and 65535",
             ));
         }
+        if let Some(bridge) = wire.bridge.as_deref().filter(|b| !b.is_empty()) {
+            validate_bridge_name(bridge)?;
+        }
         let prev_result = match &wire.prev_result {
             Some(v) if !v.is_null() => Some(CniResult::from_json(v)?),
             _ => None,
@@ -281,6 +284,26 @@ impl NetConf {
     }
 }
 
+/// The kernel's rules for an interface name (dev_valid_name): at most 15
+/// bytes, not `.` or `..`, no `/`, `:` or whitespace; NUL would cut the name
+/// short on its way through netlink.
+fn validate_bridge_name(name: &str) -> Result<()> {
+    let ok = name.len() <= 15
+        && name != "."
+        && name != ".."
+        && !name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c == '\0' || c.is_whitespace());
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::config(
+            format!("invalid bridge name {name:?}"),
+            "\"bridge\" needs 1 to 15 bytes, not '.' or '..', without '/', ':', spaces or NUL",
+        ))
+    }
+}
+
 /// A requested IP may come as an address or as address/prefix.
 fn parse_requested_ip(text: &str) -> Result<IpAddr> {
     let addr = text.split('/').next().unwrap_or_default();
@@ -338,6 +361,30 @@ mod tests {
                 .code,
             Code::UnsupportedField
         );
+    }
+
+    #[test]
+    fn bridge_names_follow_the_kernel_rules() {
+        for bad in [
+            "abcdefghijklmnop",
+            "../x",
+            "a/b",
+            "br x",
+            "br\\tx",
+            "br:0",
+            ".",
+            "..",
+            "br\\u0000x",
+        ] {
+            let text = format!(r#"{{"cniVersion":"1.0.0","name":"n","bridge":"{bad}"}}"#);
+            let err = parse(&text).unwrap_err();
+            assert_eq!(err.code, Code::InvalidConfig, "{bad}");
+            assert!(err.msg.contains("bridge"), "{bad}: {err}");
+        }
+        for good in ["cni0", "abcdefghijklmno", "br-1.2_x", ""] {
+            let text = format!(r#"{{"cniVersion":"1.0.0","name":"n","bridge":"{good}"}}"#);
+            parse(&text).unwrap();
+        }
     }
 
     #[test]

@@ -62,7 +62,7 @@ pub fn add(conf: &NetConf, env: &Env) -> Result<CniResult> {
         port_mappings: mappings,
         spoof_mac: None,
     };
-    fw::install(&att, &subnets)?;
+    fw::install(&att, &subnets, &owner(conf, &env.container_id, &env.ifname))?;
     if let Err(e) = prepare_host_side(&prev) {
         let _ = fw::remove(&att);
         return Err(e);
@@ -96,10 +96,71 @@ fn prepare_host_side(prev: &CniResult) -> Result<()> {
     Ok(())
 }
 
+/// The maps `podwire-portmap` fills (never masquerade: that is the
+/// previous plugin's).
+const PORTMAP_MAPS: [&str; 6] = [
+    "hairpin4",
+    "hairpin6",
+    "hostports4",
+    "hostports6",
+    "hostports4_ip",
+    "hostports6_ip",
+];
+
+fn owner(conf: &NetConf, container_id: &str, ifname: &str) -> String {
+    firewall::owner_tag(&conf.plugin_type, &conf.name, container_id, ifname)
+}
+
+/// The elements of the network's readable records that `alive` accepts.
+fn live_elements(
+    dir: &std::path::Path,
+    network: &str,
+    alive: impl Fn(&str, &str) -> bool,
+) -> Result<Vec<podwire_kernel::nft::Element>> {
+    let mut out = Vec::new();
+    for entry in state::scan(dir, network)? {
+        if let state::Record::Found(att) = &entry.record
+            && alive(&att.container_id, &att.ifname)
+        {
+            out.extend(firewall::container_elements(
+                &att.netid,
+                &att.ips,
+                att.ip_masq,
+                &att.port_mappings,
+            )?);
+        }
+    }
+    Ok(out)
+}
+
+/// Removes the attachment's elements: exactly those of its record, or,
+/// when the record is missing or unreadable, those carrying its owner
+/// tag or (elements from before tags) prevResult's addresses.
 pub fn del(conf: &NetConf, env: &Env) -> Result<()> {
     let dir = state_dir(conf);
-    if let Some(att) = state::load(&dir, &conf.name, &env.container_id, &env.ifname)? {
-        fw::remove(&att)?;
+    match state::read(&dir, &conf.name, &env.container_id, &env.ifname) {
+        state::Record::Found(att) => fw::remove(&att)?,
+        other => {
+            if let state::Record::Corrupt(why) = &other {
+                tracing::warn!(%why, "attachment record is unreadable; deleting what can be found without it");
+            }
+            let ips = conf
+                .prev_result
+                .as_ref()
+                .map(container_ips)
+                .unwrap_or_default();
+            let keep = live_elements(&dir, &conf.name, |c, i| {
+                c != env.container_id || i != env.ifname
+            })?;
+            let me = owner(conf, &env.container_id, &env.ifname);
+            fw::sweep(&fw::Sweep {
+                maps: &PORTMAP_MAPS,
+                owner: &|tag| tag == me,
+                ips: &ips,
+                host_veths: &[],
+                keep: &keep,
+            })?;
+        }
     }
     state::remove(&dir, &conf.name, &env.container_id, &env.ifname)
 }
@@ -111,16 +172,40 @@ pub fn check(conf: &NetConf, env: &Env) -> Result<()> {
     Ok(())
 }
 
+/// Removes the elements of every attachment not in `valid`: recorded ones
+/// exactly, the rest by their owner tag.
 pub fn gc(conf: &NetConf, valid: &[(String, String)]) -> Result<()> {
     let dir = state_dir(conf);
-    for att in state::list(&dir, &conf.name)? {
-        if !valid
-            .iter()
-            .any(|(c, i)| *c == att.container_id && *i == att.ifname)
-        {
-            fw::remove(&att)?;
-            state::remove(&dir, &conf.name, &att.container_id, &att.ifname)?;
+    let is_valid = |cid: &str, ifname: &str| valid.iter().any(|(c, i)| c == cid && i == ifname);
+    let entries = state::scan(&dir, &conf.name)?;
+    let mut stale_ips = Vec::new();
+    for entry in entries
+        .iter()
+        .filter(|e| !is_valid(&e.container_id, &e.ifname))
+    {
+        if let state::Record::Found(att) = &entry.record {
+            fw::remove(att)?;
+            stale_ips.extend(att.ips.iter().copied());
         }
+    }
+    let keep = live_elements(&dir, &conf.name, is_valid)?;
+    let valid_tags: Vec<String> = valid
+        .iter()
+        .map(|(cid, ifname)| owner(conf, cid, ifname))
+        .collect();
+    let prefix = firewall::owner_prefix(&conf.plugin_type, &conf.name);
+    fw::sweep(&fw::Sweep {
+        maps: &PORTMAP_MAPS,
+        owner: &|tag| tag.starts_with(&prefix) && !valid_tags.iter().any(|v| v == tag),
+        ips: &stale_ips,
+        host_veths: &[],
+        keep: &keep,
+    })?;
+    for entry in entries
+        .iter()
+        .filter(|e| !is_valid(&e.container_id, &e.ifname))
+    {
+        state::remove(&dir, &conf.name, &entry.container_id, &entry.ifname)?;
     }
     Ok(())
 }

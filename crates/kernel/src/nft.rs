@@ -40,6 +40,13 @@ const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
 const NFTA_LIST_ELEM: u16 = 1;
 const NFTA_SET_ELEM_KEY: u16 = 1;
 const NFTA_SET_ELEM_DATA: u16 = 2;
+const NFTA_SET_ELEM_USERDATA: u16 = 6;
+/// Userdata of an element is a list of (type, length, value) records that
+/// only userspace reads. nft knows type 0 (comment) and 1 (flags) and skips
+/// the others, so the owner tag goes in a type of its own: programs can
+/// read it back while `nft list` output stays exactly as without it.
+const UDATA_OWNER: u8 = 0xf0;
+const OWNER_MAX: usize = 255;
 const NFTA_DATA_VALUE: u16 = 1;
 const NFTA_DATA_VERDICT: u16 = 2;
 const NFTA_VERDICT_CODE: u16 = 1;
@@ -176,13 +183,22 @@ fn nlmsg(out: &mut Vec<u8>, kind: u16, flags: u16, seq: u32, family: u8, res_id:
     }
 }
 
-fn element_list(table: &str, set: &str, elements: &[&Element], with_data: bool) -> Vec<u8> {
+fn element_list(
+    table: &str,
+    set: &str,
+    elements: &[&Element],
+    with_data: bool,
+    owner: Option<&str>,
+) -> Vec<u8> {
     let mut list = Attrs::new();
     for element in elements {
         let mut elem = Attrs::new();
         let mut key = Attrs::new();
         key.put(NFTA_DATA_VALUE, &encode_fields(&element.key));
         elem.nest(NFTA_SET_ELEM_KEY, key);
+        if let Some(text) = owner.filter(|_| with_data) {
+            elem.put(NFTA_SET_ELEM_USERDATA, &owner_userdata(text));
+        }
         if with_data {
             match &element.data {
                 ElementData::None => {}
@@ -208,6 +224,29 @@ fn element_list(table: &str, set: &str, elements: &[&Element], with_data: bool) 
     body.put_str(NFTA_SET_ELEM_LIST_SET, set);
     body.nest(NFTA_SET_ELEM_LIST_ELEMENTS, list);
     body.buf
+}
+
+/// The userdata record of an owner tag (cut at 255 bytes).
+fn owner_userdata(text: &str) -> Vec<u8> {
+    let mut bytes = text.as_bytes().to_vec();
+    bytes.truncate(OWNER_MAX);
+    let mut out = vec![UDATA_OWNER, bytes.len() as u8];
+    out.extend_from_slice(&bytes);
+    out
+}
+
+/// The owner tag in an element's userdata, if it has one.
+fn owner_of(userdata: &[u8]) -> Option<String> {
+    let mut rest = userdata;
+    while let [kind, len, tail @ ..] = rest {
+        let len = usize::from(*len);
+        let value = tail.get(..len)?;
+        if *kind == UDATA_OWNER {
+            return Some(String::from_utf8_lossy(value).into_owned());
+        }
+        rest = &tail[len..];
+    }
+    None
 }
 
 /// A change to set elements of one table, committed as one transaction.
@@ -426,19 +465,32 @@ fn run_batch(family: Family, table: &str, ops: &[(u16, u16, Vec<u8>)], op: &str)
 /// idempotent): the kernel's destroy command is used where it exists
 /// (Linux 6.3+), else missing elements are skipped one by one.
 pub fn apply_elements(family: Family, table: &str, batch: &ElementBatch) -> Result<()> {
+    apply_elements_with_owner(family, table, batch, None)
+}
+
+/// [`apply_elements`], with an `owner` tag (at most 255 bytes; longer ones
+/// are cut) on every added element: who owns an element can then be read
+/// back from the kernel ([`list_elements_with_owners`]) when nothing else
+/// remembers it.
+pub fn apply_elements_with_owner(
+    family: Family,
+    table: &str,
+    batch: &ElementBatch,
+    owner: Option<&str>,
+) -> Result<()> {
     let mut ops = Vec::new();
     for (set, elements) in group_by_set(&batch.delete) {
         ops.push((
             NFT_MSG_DESTROYSETELEM,
             0,
-            element_list(table, set, &elements, false),
+            element_list(table, set, &elements, false, None),
         ));
     }
     for (set, elements) in group_by_set(&batch.add) {
         ops.push((
             NFT_MSG_NEWSETELEM,
             NLM_F_CREATE,
-            element_list(table, set, &elements, true),
+            element_list(table, set, &elements, true, owner),
         ));
     }
     match run_batch(family, table, &ops, "update nftables elements") {
@@ -451,7 +503,7 @@ pub fn apply_elements(family: Family, table: &str, batch: &ElementBatch) -> Resu
                 let op = vec![(
                     NFT_MSG_DELSETELEM,
                     0,
-                    element_list(table, &element.set, &[element], false),
+                    element_list(table, &element.set, &[element], false, None),
                 )];
                 match run_batch(family, table, &op, "delete nftables element") {
                     Ok(()) => {}
@@ -465,7 +517,7 @@ pub fn apply_elements(family: Family, table: &str, batch: &ElementBatch) -> Resu
                     (
                         NFT_MSG_NEWSETELEM,
                         NLM_F_CREATE,
-                        element_list(table, set, &elements, true),
+                        element_list(table, set, &elements, true, owner),
                     )
                 })
                 .collect();
@@ -549,6 +601,31 @@ impl RawElement {
 
 /// Every element of a set or map (empty when the set or table is missing).
 pub fn list_elements(family: Family, table: &str, set: &str) -> Result<Vec<RawElement>> {
+    Ok(list_elements_with_owners(family, table, set)?
+        .into_iter()
+        .map(|e| RawElement {
+            key: e.key,
+            value: e.value,
+        })
+        .collect())
+}
+
+/// One element as the kernel holds it, with its owner tag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedElement {
+    pub key: Vec<u8>,
+    /// Value bytes for maps with value data (verdicts are None).
+    pub value: Option<Vec<u8>>,
+    pub owner: Option<String>,
+}
+
+/// Every element of a set or map with its owner tag (empty when the set or
+/// table is missing).
+pub fn list_elements_with_owners(
+    family: Family,
+    table: &str,
+    set: &str,
+) -> Result<Vec<ListedElement>> {
     let mut body = Attrs::new();
     body.put_str(NFTA_SET_ELEM_LIST_TABLE, table);
     body.put_str(NFTA_SET_ELEM_LIST_SET, set);
@@ -563,36 +640,84 @@ pub fn list_elements(family: Family, table: &str, set: &str) -> Result<Vec<RawEl
     else {
         return Ok(Vec::new());
     };
+    Ok(replies.iter().flat_map(|r| parse_elements(r)).collect())
+}
+
+/// The elements of one GETSETELEM reply (after its nfgenmsg header).
+fn parse_elements(reply: &[u8]) -> Vec<ListedElement> {
     let mut out = Vec::new();
-    for reply in replies {
-        // Skip nfgenmsg, then find the element list.
-        for (kind, list) in attributes(reply.get(4..).unwrap_or_default()) {
-            if kind != NFTA_SET_ELEM_LIST_ELEMENTS {
-                continue;
-            }
-            for (_, elem) in attributes(list) {
-                let mut raw = RawElement {
-                    key: Vec::new(),
-                    value: None,
+    for (kind, list) in attributes(reply.get(4..).unwrap_or_default()) {
+        if kind != NFTA_SET_ELEM_LIST_ELEMENTS {
+            continue;
+        }
+        for (_, elem) in attributes(list) {
+            let mut listed = ListedElement {
+                key: Vec::new(),
+                value: None,
+                owner: None,
+            };
+            for (attr, payload) in attributes(elem) {
+                let value = || {
+                    attributes(payload)
+                        .into_iter()
+                        .find(|(k, _)| *k == NFTA_DATA_VALUE)
+                        .map(|(_, v)| v.to_vec())
                 };
-                for (attr, payload) in attributes(elem) {
-                    let value = || {
-                        attributes(payload)
-                            .into_iter()
-                            .find(|(k, _)| *k == NFTA_DATA_VALUE)
-                            .map(|(_, v)| v.to_vec())
-                    };
-                    match attr {
-                        NFTA_SET_ELEM_KEY => raw.key = value().unwrap_or_default(),
-                        NFTA_SET_ELEM_DATA => raw.value = value(),
-                        _ => {}
-                    }
+                match attr {
+                    NFTA_SET_ELEM_KEY => listed.key = value().unwrap_or_default(),
+                    NFTA_SET_ELEM_DATA => listed.value = value(),
+                    NFTA_SET_ELEM_USERDATA => listed.owner = owner_of(payload),
+                    _ => {}
                 }
-                out.push(raw);
             }
+            out.push(listed);
         }
     }
-    Ok(out)
+    out
+}
+
+/// Deletes the elements with these raw keys (as listed) from `set`, in one
+/// transaction; keys already gone are not an error.
+pub fn destroy_elements_by_key(
+    family: Family,
+    table: &str,
+    set: &str,
+    keys: &[Vec<u8>],
+) -> Result<()> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let body = |keys: &[Vec<u8>]| {
+        let mut list = Attrs::new();
+        for key in keys {
+            let mut elem = Attrs::new();
+            let mut k = Attrs::new();
+            k.put(NFTA_DATA_VALUE, key);
+            elem.nest(NFTA_SET_ELEM_KEY, k);
+            list.nest(NFTA_LIST_ELEM, elem);
+        }
+        let mut body = Attrs::new();
+        body.put_str(NFTA_SET_ELEM_LIST_TABLE, table);
+        body.put_str(NFTA_SET_ELEM_LIST_SET, set);
+        body.nest(NFTA_SET_ELEM_LIST_ELEMENTS, list);
+        body.buf
+    };
+    let ops = vec![(NFT_MSG_DESTROYSETELEM, 0, body(keys))];
+    match run_batch(family, table, &ops, "delete nftables elements") {
+        Err(err) if matches!(err.errno(), Some(libc::EINVAL) | Some(libc::EOPNOTSUPP)) => {
+            // No destroy before Linux 6.3: one by one, missing ones skipped.
+            for key in keys {
+                let op = vec![(NFT_MSG_DELSETELEM, 0, body(std::slice::from_ref(key)))];
+                match run_batch(family, table, &op, "delete nftables element") {
+                    Ok(()) => {}
+                    Err(err) if err.errno() == Some(libc::ENOENT) => {}
+                    Err(err) => return Err(err),
+                }
+            }
+            Ok(())
+        }
+        other => other,
+    }
 }
 
 /// Number of elements in a set (0 when the set or table is missing).
@@ -658,6 +783,23 @@ mod tests {
         assert_eq!(mac_if.len(), 24);
         assert_eq!(&mac_if[..8], &[1, 2, 3, 4, 5, 6, 0, 0]);
         assert_eq!(&mac_if[8..13], b"veth0");
+    }
+
+    #[test]
+    fn owner_tags_round_trip_through_userdata() {
+        let data = owner_userdata("podwire net c1 eth0");
+        assert_eq!(data[0], UDATA_OWNER);
+        assert_eq!(usize::from(data[1]), data.len() - 2);
+        assert_eq!(owner_of(&data).as_deref(), Some("podwire net c1 eth0"));
+        let long = "x".repeat(300);
+        assert_eq!(owner_of(&owner_userdata(&long)).map(|c| c.len()), Some(255));
+        // A comment record first (what nft writes), then the tag; a record
+        // cut short is no tag.
+        let mut mixed = vec![0, 3, b'h', b'i', 0];
+        mixed.extend_from_slice(&data);
+        assert_eq!(owner_of(&mixed).as_deref(), Some("podwire net c1 eth0"));
+        assert_eq!(owner_of(&[0, 3, b'h', b'i', 0]), None);
+        assert_eq!(owner_of(&[UDATA_OWNER, 9, b'a']), None);
     }
 
     #[test]

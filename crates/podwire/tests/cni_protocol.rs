@@ -719,3 +719,67 @@ fn error_replies_answer_in_the_asked_version() {
     // The baseline attachment is untouched by all of it.
     fx.world.host.ok("ping -c1 -W2 10.210.19.2");
 }
+
+#[test]
+fn invalid_bridge_names_are_code_7() {
+    let fx = Fixture::new("pebr", "pwp120", "10.210.20.0/24");
+    for name in [
+        "abcdefghijklmnop",
+        "a-much-longer-bridge-name",
+        "../x",
+        "a/b",
+        "br x",
+        "br\tx",
+        "br:0",
+        ".",
+        "..",
+        "br\u{0}x",
+    ] {
+        let mut conf = fx.conf.clone();
+        conf["bridge"] = json!(name);
+        let v = fx.fails(&fx.add(), &conf.to_string(), 7);
+        assert!(error_text(&v).contains("bridge"), "{name:?}: {v}");
+        // DEL names the same configuration error instead of failing later.
+        let del = fx.world.call("DEL", "c1", &fx.pod.path());
+        fx.fails(&del, &conf.to_string(), 7);
+    }
+}
+
+#[test]
+fn cni_netns_that_is_not_a_network_namespace_is_code_4() {
+    let fx = Fixture::new("penn", "pwp121", "10.210.21.0/24");
+    let scratch = podwire_testsupport::TempDir::new("cni-netns");
+    let file = scratch.path().join("not-a-netns");
+    std::fs::write(&file, b"").expect("regular file");
+    let dir = scratch.path().display().to_string();
+    let file = file.display().to_string();
+    for path in [file.as_str(), dir.as_str(), "/proc/self/ns/uts"] {
+        for kind in ["podwire", "podwire-loopback"] {
+            let mut conf = fx.conf.clone();
+            conf["type"] = json!(kind);
+            let mut call = fx.add();
+            call.netns = path.to_string();
+            let v = fx.fails(&call, &conf.to_string(), 4);
+            assert!(error_text(&v).contains("CNI_NETNS"), "{path} {kind}: {v}");
+            assert!(error_text(&v).contains(path), "{path} {kind}: {v}");
+            call.command = "CHECK".into();
+            let mut check = conf.clone();
+            check["prevResult"] = json!({"cniVersion": "1.1.0", "ips": []});
+            fx.fails(&call, &check.to_string(), 4);
+        }
+        // DEL never fails for it: there is nothing in such a namespace.
+        let del = Call {
+            command: "DEL".into(),
+            netns: path.to_string(),
+            ..fx.add()
+        };
+        let before = fx.snapshot();
+        del.run(&podwire(), &fx.world.host, &fx.conf.to_string())
+            .expect_ok(&format!("DEL with CNI_NETNS={path}"));
+        assert_eq!(
+            fx.snapshot(),
+            before,
+            "DEL of an unknown container changed the host"
+        );
+    }
+}

@@ -768,6 +768,261 @@ fn processes_in_group(pgid: u32) -> usize {
         .count()
 }
 
+// ------------------------------------------- damaged or missing records
+
+/// The attachment record of (network, container, eth0) in the world.
+fn record_path(world: &World, network: &str, id: &str) -> std::path::PathBuf {
+    world
+        .data
+        .path()
+        .join("podwire-state")
+        .join(network)
+        .join(format!("{id}:eth0.json"))
+}
+
+/// ADDs `id` into `pod` and returns the result.
+fn add_ok(world: &World, conf: &Value, id: &str, pod: &Netns) -> Value {
+    world
+        .run(&world.call("ADD", id, &pod.path()), conf)
+        .expect_ok(&format!("ADD {id}"))
+        .json()
+}
+
+/// The published port is free again: another container can take it, and
+/// gives it back.
+fn assert_port_free(world: &World, conf: &Value, tag: &str) {
+    let pod = Netns::new(&format!("{tag}-n"));
+    add_ok(world, conf, "next", &pod);
+    world
+        .run(&world.call("DEL", "next", &pod.path()), conf)
+        .expect_ok("DEL next");
+}
+
+#[test]
+fn del_with_an_empty_truncated_or_garbage_record_removes_everything() {
+    for (i, kind) in ["empty", "truncated", "garbage"].into_iter().enumerate() {
+        let tag = format!("rcor{i}");
+        let bridge = format!("pwr{}", 16 + i);
+        let world = World::new(&tag);
+        let pod = Netns::new(&format!("{tag}-p"));
+        let conf = conf_with_firewall(&world, &tag, &bridge, &format!("10.219.{i}.0/24"), 18080);
+        add_ok(&world, &conf, "c1", &pod);
+        assert!(world.nft_elements() >= 3);
+        let path = record_path(&world, &tag, "c1");
+        let good = std::fs::read(&path).expect("record after ADD");
+        let damaged: Vec<u8> = match kind {
+            "empty" => Vec::new(),
+            "truncated" => good[..good.len() / 2].to_vec(),
+            _ => b"{\"containerId\": [1, 2".to_vec(),
+        };
+        std::fs::write(&path, damaged).expect("damage the record");
+
+        for round in 1..=2 {
+            world
+                .run(&world.call("DEL", "c1", &pod.path()), &conf)
+                .expect_ok(&format!("DEL #{round} with a {kind} record"));
+        }
+        assert_empty(&world, &tag, &bridge);
+        assert!(!has_link(&pod, "eth0"), "{kind}: the pod kept eth0");
+        assert_port_free(&world, &conf, &tag);
+        assert_empty(&world, &tag, &bridge);
+    }
+}
+
+#[test]
+fn gc_undoes_an_attachment_whose_record_is_corrupt() {
+    let world = World::new("rcgc");
+    let pod = Netns::new("rcgc-p");
+    let keep = Netns::new("rcgc-k");
+    let conf = conf_with_firewall(&world, "rcgc", "pwr19", "10.219.3.0/24", 18080);
+    let mut kept_conf = conf.clone();
+    kept_conf["runtimeConfig"] =
+        json!({"portMappings": [{"hostPort": 18081, "containerPort": 80, "protocol": "tcp"}]});
+    add_ok(&world, &kept_conf, "k1", &keep);
+    let kept_elements = world.nft_elements();
+    add_ok(&world, &conf, "c1", &pod);
+    std::fs::write(record_path(&world, "rcgc", "c1"), b"").expect("empty the record");
+
+    let mut gc = gc_conf(&conf);
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": "k1", "ifname": "eth0"}]);
+    world.run(&world.call("GC", "", ""), &gc).expect_ok("GC");
+    assert!(!has_link(&pod, "eth0"), "GC left the pair of c1");
+    assert_eq!(world.host_links("veth").len(), 1, "GC left c1's host veth");
+    assert_eq!(
+        rp::state_files(&world, "rcgc"),
+        vec!["k1:eth0.json".to_string()],
+        "GC left the corrupt record"
+    );
+    assert_eq!(world.ip_files("rcgc").len(), 1);
+    assert_eq!(world.nft_elements(), kept_elements, "GC left c1's elements");
+    assert!(has_link(&keep, "eth0"), "GC touched a valid attachment");
+    // The freed address may go to a new container: no old hostport rule
+    // may point at it, and the port is free.
+    assert_port_free(&world, &conf, "rcgc");
+    world
+        .run(&world.call("DEL", "k1", &keep.path()), &kept_conf)
+        .expect_ok("DEL k1");
+    assert_empty(&world, "rcgc", "pwr19");
+}
+
+#[test]
+fn del_without_a_record_uses_prev_result_and_frees_the_host_port() {
+    let world = World::new("rnorec");
+    let pod = Netns::new("rnorec-p");
+    let conf = conf_with_firewall(&world, "rnorec", "pwr20", "10.219.4.0/24", 18080);
+    let result = add_ok(&world, &conf, "c1", &pod);
+    std::fs::remove_file(record_path(&world, "rnorec", "c1")).expect("remove the record");
+    let mut del = conf.clone();
+    del["prevResult"] = result;
+    world
+        .run(&world.call("DEL", "c1", &pod.path()), &del)
+        .expect_ok("DEL with prevResult and no record");
+    assert_empty(&world, "rnorec", "pwr20");
+    assert!(!has_link(&pod, "eth0"));
+    assert_port_free(&world, &conf, "rnorec");
+}
+
+#[test]
+fn del_without_a_record_or_prev_result_still_removes_the_elements() {
+    let world = World::new("rnone");
+    let pod = Netns::new("rnone-p");
+    let conf = conf_with_firewall(&world, "rnone", "pwr21", "10.219.5.0/24", 18080);
+    add_ok(&world, &conf, "c1", &pod);
+    std::fs::remove_file(record_path(&world, "rnone", "c1")).expect("remove the record");
+    // The namespace is gone too: only the container ID is left to go on.
+    let path = pod.path();
+    drop(pod);
+    world
+        .run(&world.call("DEL", "c1", &path), &conf)
+        .expect_ok("DEL with nothing but the container ID");
+    assert_eq!(world.nft_elements(), 0, "elements left");
+    assert!(
+        rp::wait_for(100, Duration::from_millis(20), || world
+            .host_links("veth")
+            .is_empty()),
+        "host veth left"
+    );
+    assert_empty(&world, "rnone", "pwr21");
+    assert_port_free(&world, &conf, "rnone");
+}
+
+#[test]
+fn gc_removes_the_elements_of_an_attachment_whose_record_is_gone() {
+    let world = World::new("rgcnr");
+    let pod = Netns::new("rgcnr-p");
+    let conf = conf_with_firewall(&world, "rgcnr", "pwr22", "10.219.6.0/24", 18080);
+    add_ok(&world, &conf, "c1", &pod);
+    std::fs::remove_file(record_path(&world, "rgcnr", "c1")).expect("remove the record");
+    world
+        .run(&world.call("GC", "", ""), &gc_conf(&conf))
+        .expect_ok("GC");
+    assert!(!has_link(&pod, "eth0"), "GC left the pair");
+    assert_empty(&world, "rgcnr", "pwr22");
+    assert_port_free(&world, &conf, "rgcnr");
+}
+
+#[test]
+fn elements_are_found_by_their_owner_when_record_and_lease_are_both_gone() {
+    let world = World::new("rtag");
+    let pod = Netns::new("rtag-p");
+    let conf = conf_with_firewall(&world, "rtag", "pwr25", "10.219.9.0/24", 18080);
+    let result = add_ok(&world, &conf, "c1", &pod);
+    // Nothing on disk names c1 any more, and its namespace is gone.
+    std::fs::remove_file(record_path(&world, "rtag", "c1")).expect("remove the record");
+    for ip in ips_of(&result) {
+        std::fs::remove_file(world.data.path().join("rtag").join(ip)).expect("remove the lease");
+    }
+    drop(pod);
+    world
+        .run(&world.call("GC", "", ""), &gc_conf(&conf))
+        .expect_ok("GC");
+    assert_eq!(world.nft_elements(), 0, "elements left");
+    assert_port_free(&world, &conf, "rtag");
+    assert!(
+        rp::wait_for(100, Duration::from_millis(20), || world
+            .host_links("veth")
+            .is_empty()),
+        "host veth left"
+    );
+    assert_empty(&world, "rtag", "pwr25");
+}
+
+#[test]
+fn a_zero_byte_temporary_record_is_removed_by_del_and_by_gc() {
+    let world = World::new("rtmp");
+    let pod = Netns::new("rtmp-p");
+    let conf = conf_with_firewall(&world, "rtmp", "pwr23", "10.219.7.0/24", 18080);
+    add_ok(&world, &conf, "c1", &pod);
+    let dir = world.data.path().join("podwire-state").join("rtmp");
+    // What a kill during the record write leaves.
+    std::fs::write(dir.join("c1:eth0.tmp"), b"").expect("tmp file");
+    world
+        .run(&world.call("DEL", "c1", &pod.path()), &conf)
+        .expect_ok("DEL");
+    assert_empty(&world, "rtmp", "pwr23");
+
+    std::fs::write(dir.join("c2:eth0.tmp"), b"").expect("tmp file");
+    world
+        .run(&world.call("GC", "", ""), &gc_conf(&conf))
+        .expect_ok("GC");
+    assert_empty(&world, "rtmp", "pwr23");
+}
+
+#[test]
+fn portmap_del_and_gc_get_past_a_corrupt_record() {
+    let world = World::new("rpmc");
+    let pod = Netns::new("rpmc-p");
+    let bridge_conf = podwire_conf(V, "rpmc", "pwr24", "10.219.8.0/24", &world.data_dir());
+    let result = add_ok(&world, &bridge_conf, "c1", &pod);
+    let state = world.data.path().join("portmap-state");
+    let portmap = |prev: &Value| {
+        json!({
+            "cniVersion": V,
+            "name": "rpmc",
+            "type": "podwire-portmap",
+            "stateDir": state,
+            "capabilities": {"portMappings": true},
+            "runtimeConfig": {"portMappings": [
+                {"hostPort": 18090, "containerPort": 80, "protocol": "tcp"},
+                {"hostPort": 18091, "containerPort": 53, "protocol": "udp"},
+            ]},
+            "prevResult": prev,
+        })
+    };
+    let record = state.join("rpmc").join("c1:eth0.json");
+    for (round, damage) in [&b""[..], &b"{\"ips\": [\"10."[..]].into_iter().enumerate() {
+        let conf = portmap(&result);
+        add_ok(&world, &conf, "c1", &pod);
+        assert!(world.nft_elements() >= 3, "round {round}");
+        std::fs::write(&record, damage).expect("damage the record");
+        if round == 0 {
+            // DEL with neither a readable record nor prevResult.
+            let mut del = conf.clone();
+            del["prevResult"] = Value::Null;
+            world
+                .run(&world.call("DEL", "c1", &pod.path()), &del)
+                .expect_ok("portmap DEL with an empty record");
+        } else {
+            let mut gc = gc_conf(&conf);
+            if let Some(obj) = gc.as_object_mut() {
+                obj.remove("prevResult");
+            }
+            world
+                .run(&world.call("GC", "", ""), &gc)
+                .expect_ok("portmap GC with a truncated record");
+        }
+        assert_eq!(world.nft_elements(), 0, "round {round}: elements left");
+        let left: Vec<_> = std::fs::read_dir(state.join("rpmc"))
+            .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "round {round}: records left: {left:?}");
+    }
+    world
+        .run(&world.call("DEL", "c1", &pod.path()), &bridge_conf)
+        .expect_ok("DEL");
+    assert_empty(&world, "rpmc", "pwr24");
+}
+
 // ---------------------------------------------------------------- fuzzing
 
 const WORDS: &[&str] = &[
