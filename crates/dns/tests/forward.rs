@@ -495,7 +495,7 @@ fn an_authoritative_server_says_nxdomain_for_names_it_does_not_have() {
         rcode(&ask(
             a,
             Transport::Udp,
-            "kubernetes.default.svc.cluster.local.",
+            "web-service.apps.svc.cluster.local.",
             RecordType::A
         )),
         ResponseCode::NoError
