@@ -6,6 +6,7 @@ mod agent;
 mod demo;
 mod dns;
 mod ingress;
+mod kubelet;
 mod lab;
 mod serve;
 mod source;
@@ -57,6 +58,10 @@ enum Cmd {
     /// The ingress controller: an HTTP proxy routing by Ingress rules to
     /// ready endpoints; `podwire ingress plan` prints the route table.
     Ingress(ingress::IngressArgs),
+    /// podwire as kubelet on one node: registers the Node, runs the pods
+    /// bound to it (sandboxes through the node's CNI plugins, containers as
+    /// processes), reports their status and serves `kubectl logs`.
+    Kubelet(kubelet::KubeletArgs),
 }
 
 fn main() {
@@ -72,6 +77,7 @@ fn main() {
         Cmd::Agent(args) => agent::run(args),
         Cmd::Dns(args) => dns::run(args),
         Cmd::Ingress(args) => ingress::run(args),
+        Cmd::Kubelet(args) => kubelet::run(args),
     };
     if let Err(err) = outcome {
         eprintln!("error: {err:#}");
@@ -97,7 +103,10 @@ fn init_logs(default: &str) {
 /// CNI plugin mode: netconf on stdin, result or error JSON on stdout, logs on
 /// stderr, non-zero exit on error.
 fn cni_main() -> i32 {
-    init_logs("warn");
+    // Not init_logs: a plugin start is part of every pod's ADD, and the full
+    // subscriber (span registry, filter directives) costs more than the
+    // plugin's own work for a VERSION.
+    podwire_cni::log::init(tracing::Level::WARN);
     let mut stdin = Vec::new();
     if let Err(err) = std::io::stdin().read_to_end(&mut stdin) {
         tracing::warn!(%err, "cannot read stdin");

@@ -53,6 +53,7 @@ pub struct ControlPlaneBuilder {
     underlay: Option<Ipv4Addr>,
     ready_timeout: Duration,
     apiserver_args: Vec<String>,
+    node_lifecycle: bool,
 }
 
 impl Default for ControlPlaneBuilder {
@@ -66,6 +67,7 @@ impl Default for ControlPlaneBuilder {
             underlay: None,
             ready_timeout: Duration::from_secs(60),
             apiserver_args: Vec::new(),
+            node_lifecycle: false,
         }
     }
 }
@@ -115,6 +117,14 @@ impl ControlPlaneBuilder {
     /// How long each component may take to become ready (default 60 s).
     pub fn ready_timeout(mut self, limit: Duration) -> Self {
         self.ready_timeout = limit;
+        self
+    }
+
+    /// Run the controller manager's node lifecycle controller (default
+    /// off): for tests whose nodes have a kubelet sending heartbeats, so
+    /// Ready nodes lose the API's not-ready taint as on a real cluster.
+    pub fn with_node_lifecycle(mut self, on: bool) -> Self {
+        self.node_lifecycle = on;
         self
     }
 
@@ -222,7 +232,7 @@ impl ControlPlane {
             cluster_domain: "cluster.local".into(),
             // Test nodes send no heartbeats: the lifecycle controller would
             // taint them unreachable and evict their pods.
-            node_lifecycle: false,
+            node_lifecycle: settings.node_lifecycle,
             etcd_on_node_address: false,
             extra_apiserver_args: settings.apiserver_args.clone(),
         };
@@ -367,6 +377,17 @@ impl ControlPlane {
         self.layout
             .write_kubeconfig(&self.ca, name, user, group)
             .unwrap_or_else(|e| panic!("cannot write kubeconfig {name}: {e}"))
+    }
+
+    /// A kubelet's credentials for node `node` at `ip`, as kubeadm lays
+    /// them out: a kubeconfig speaking as `system:node:<node>` (group
+    /// `system:nodes`) and a serving certificate for `ip`, signed by the CA
+    /// (which is also the CA of the API server's kubelet client
+    /// certificate, [`ControlPlane::ca_path`]): (kubeconfig, cert, key).
+    pub fn kubelet_credentials(&self, node: &str, ip: IpAddr) -> (PathBuf, PathBuf, PathBuf) {
+        self.layout
+            .write_kubelet(&self.ca, node, ip)
+            .unwrap_or_else(|e| panic!("cannot write the kubelet credentials of {node}: {e}"))
     }
 
     /// A kubeconfig with this bearer token (and the CA), written as
@@ -643,7 +664,6 @@ impl ControlPlane {
             },
         );
     }
-
 }
 
 impl Drop for ControlPlane {
