@@ -352,7 +352,8 @@ fn headless_externalname_and_other_proxies_services_get_nothing() {
     assert!(compile_service(&other, &[], &opts()).is_none());
     assert!(skip_reason(&other).unwrap().contains("another proxy"));
     // A type from a newer API: nothing guessed.
-    let unknown = svc(json!({"type": "Teleport", "clusterIP": "10.96.0.41", "ports": [{"port": 80}]}));
+    let unknown =
+        svc(json!({"type": "Teleport", "clusterIP": "10.96.0.41", "ports": [{"port": 80}]}));
     assert!(compile_service(&unknown, &[], &opts()).is_none());
     assert_eq!(skip_reason(&unknown), Some(UNKNOWN_TYPE));
 }
