@@ -47,6 +47,12 @@ const NFTA_SET_ELEM_USERDATA: u16 = 6;
 /// read it back while `nft list` output stays exactly as without it.
 const UDATA_OWNER: u8 = 0xf0;
 const OWNER_MAX: usize = 255;
+/// nft's own comment record (NFTNL_UDATA_SET_ELEM_COMMENT): a
+/// NUL-terminated string that `nft list` prints as `comment "..."`.
+const UDATA_COMMENT: u8 = 0;
+/// Longest comment nft accepts (NFT_USERDATA_MAXLEN is 256 bytes for the
+/// whole userdata; one record's length is a byte, with the NUL).
+const COMMENT_MAX: usize = 127;
 const NFTA_DATA_VALUE: u16 = 1;
 const NFTA_DATA_VERDICT: u16 = 2;
 const NFTA_VERDICT_CODE: u16 = 1;
@@ -237,16 +243,44 @@ fn owner_userdata(text: &str) -> Vec<u8> {
 
 /// The owner tag in an element's userdata, if it has one.
 fn owner_of(userdata: &[u8]) -> Option<String> {
+    udata_record(userdata, UDATA_OWNER).map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+/// The value of the first userdata record of type `want`.
+fn udata_record(userdata: &[u8], want: u8) -> Option<&[u8]> {
     let mut rest = userdata;
     while let [kind, len, tail @ ..] = rest {
         let len = usize::from(*len);
         let value = tail.get(..len)?;
-        if *kind == UDATA_OWNER {
-            return Some(String::from_utf8_lossy(value).into_owned());
+        if *kind == want {
+            return Some(value);
         }
         rest = &tail[len..];
     }
     None
+}
+
+/// The userdata record of an nft comment (cut at [`COMMENT_MAX`] bytes, on
+/// a character boundary, NUL-terminated as nft requires).
+fn comment_userdata(text: &str) -> Vec<u8> {
+    let mut end = text.len().min(COMMENT_MAX);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let bytes = &text.as_bytes()[..end];
+    let mut out = Vec::with_capacity(bytes.len() + 3);
+    out.push(UDATA_COMMENT);
+    out.push((bytes.len() + 1) as u8);
+    out.extend_from_slice(bytes);
+    out.push(0);
+    out
+}
+
+/// The nft comment in an element's userdata, if it has one.
+fn comment_of(userdata: &[u8]) -> Option<String> {
+    let value = udata_record(userdata, UDATA_COMMENT)?;
+    let text = value.strip_suffix(&[0]).unwrap_or(value);
+    Some(String::from_utf8_lossy(text).into_owned())
 }
 
 /// A change to set elements of one table, committed as one transaction.
@@ -617,6 +651,8 @@ pub struct ListedElement {
     /// Value bytes for maps with value data (verdicts are None).
     pub value: Option<Vec<u8>>,
     pub owner: Option<String>,
+    /// The element's nft comment (what `nft list` prints).
+    pub comment: Option<String>,
 }
 
 /// Every element of a set or map with its owner tag (empty when the set or
@@ -655,6 +691,7 @@ fn parse_elements(reply: &[u8]) -> Vec<ListedElement> {
                 key: Vec::new(),
                 value: None,
                 owner: None,
+                comment: None,
             };
             for (attr, payload) in attributes(elem) {
                 let value = || {
@@ -666,7 +703,10 @@ fn parse_elements(reply: &[u8]) -> Vec<ListedElement> {
                 match attr {
                     NFTA_SET_ELEM_KEY => listed.key = value().unwrap_or_default(),
                     NFTA_SET_ELEM_DATA => listed.value = value(),
-                    NFTA_SET_ELEM_USERDATA => listed.owner = owner_of(payload),
+                    NFTA_SET_ELEM_USERDATA => {
+                        listed.owner = owner_of(payload);
+                        listed.comment = comment_of(payload);
+                    }
                     _ => {}
                 }
             }
@@ -866,12 +906,15 @@ pub enum SetData {
 
 /// One element with its key already encoded; `key_end` closes a range for
 /// sets with `flags interval` over concatenations (the kernel's pipapo
-/// set), where every element is one [key, key_end] range.
+/// set), where every element is one [key, key_end] range. `comment` is
+/// stored as nft's own element comment (`nft list` prints it; at most 127
+/// bytes are kept); it is sent with additions only.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SetElement {
     pub key: Vec<u8>,
     pub key_end: Option<Vec<u8>>,
     pub data: SetData,
+    pub comment: Option<std::sync::Arc<str>>,
 }
 
 /// One step of an element transaction.
@@ -913,6 +956,9 @@ fn put_set_element(list: &mut Attrs, element: &SetElement, with_data: bool) {
         let mut key_end = Attrs::new();
         key_end.put(NFTA_DATA_VALUE, end);
         elem.nest(NFTA_SET_ELEM_KEY_END, key_end);
+    }
+    if with_data && let Some(text) = &element.comment {
+        elem.put(NFTA_SET_ELEM_USERDATA, &comment_userdata(text));
     }
     if with_data {
         match &element.data {
@@ -1125,6 +1171,7 @@ mod transaction_tests {
                 key: i.to_be_bytes().to_vec(),
                 key_end: None,
                 data: SetData::Verdict(Verdict::Goto("lb4-c-3".into())),
+                comment: None,
             })
             .collect();
         let ops = vec![
@@ -1163,6 +1210,7 @@ mod transaction_tests {
                 key: vec![1, 2, 3, 4],
                 key_end: Some(vec![1, 2, 3, 9]),
                 data: SetData::None,
+                comment: None,
             },
             true,
         );
@@ -1179,10 +1227,36 @@ mod transaction_tests {
                 key: vec![1],
                 key_end: None,
                 data: SetData::Verdict(Verdict::Goto("x".into())),
+                comment: Some("apps/web-service:80".into()),
             },
             true,
         );
         assert!(list.buf.windows(2).any(|w| w == b"x\0"));
         assert!(list.buf.windows(4).any(|w| w == NFT_GOTO.to_be_bytes()));
+        let elem = attributes(&list.buf);
+        let udata = attributes(elem[0].1)
+            .into_iter()
+            .find(|(k, _)| *k == NFTA_SET_ELEM_USERDATA)
+            .map(|(_, v)| v.to_vec());
+        assert_eq!(
+            udata.as_deref().and_then(comment_of).as_deref(),
+            Some("apps/web-service:80")
+        );
+    }
+
+    #[test]
+    fn comments_are_nul_terminated_and_cut_on_a_character_boundary() {
+        let data = comment_userdata("ns/name:80");
+        assert_eq!(data[0], UDATA_COMMENT);
+        assert_eq!(usize::from(data[1]), data.len() - 2);
+        assert_eq!(data.last(), Some(&0));
+        let long = "é".repeat(100);
+        let cut = comment_of(&comment_userdata(&long)).unwrap_or_default();
+        assert!(cut.len() <= COMMENT_MAX && long.starts_with(&cut), "{cut}");
+        // An owner tag and a comment side by side: each reads its own.
+        let mut both = comment_userdata("a/b:1");
+        both.extend(owner_userdata("owner"));
+        assert_eq!(comment_of(&both).as_deref(), Some("a/b:1"));
+        assert_eq!(owner_of(&both).as_deref(), Some("owner"));
     }
 }

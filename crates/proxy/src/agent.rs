@@ -146,6 +146,8 @@ fn start_servers(
     let handler: Handler = Arc::new(move |path: &str| match path {
         "/healthz" | "/livez" => healthz(&h),
         "/readyz" => readyz(&h),
+        // As kube-proxy answers on its metrics port.
+        "/proxyMode" => Response::new(200, "text/plain", "nftables"),
         "/metrics" => {
             let mut text = m.render();
             if let Ok(e) = extra.lock() {
@@ -153,7 +155,11 @@ fn start_servers(
             }
             Response::new(200, "text/plain; version=0.0.4", text)
         }
-        _ => Response::new(404, "text/plain", "try /healthz, /readyz or /metrics\n"),
+        _ => Response::new(
+            404,
+            "text/plain",
+            "try /healthz, /readyz, /proxyMode or /metrics\n",
+        ),
     });
     let mut binds: Vec<(SocketAddr, &'static str)> = Vec::new();
     if let Some(a) = opts.healthz_bind {

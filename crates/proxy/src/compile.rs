@@ -25,7 +25,7 @@ use podwire_model::{ClusterState, EndpointSlice, Service};
 
 use crate::layout::{
     DEFAULT_AFFINITY_TIMEOUT, Datum, ElemKey, Fam, LOCAL_OFFSET, LbChain, SetId, SetKind,
-    StructureOptions, Value, element_line, structure_script,
+    StructureOptions, Value, element_line, proto_name, structure_script,
 };
 
 /// Services carrying this label belong to another proxy.
@@ -136,6 +136,9 @@ pub struct HealthCheck {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ServiceRules {
     pub elements: Vec<(ElemKey, Value)>,
+    /// The nft comment of `elements[i]` (`namespace/name:port`, `/udp` or
+    /// `/sctp` after non-TCP ports): `nft list` shows whose element it is.
+    pub comments: Vec<Arc<str>>,
     pub chains: BTreeSet<LbChain>,
     pub frontends: Vec<Frontend>,
     pub health_check: Option<HealthCheck>,
@@ -301,6 +304,8 @@ fn lb(fam: Fam, nodeport: bool, local: bool, masq: bool, n: usize, aff: Option<u
 
 struct Emit<'a> {
     rules: &'a mut ServiceRules,
+    /// The comment of the Service port being emitted.
+    comment: Arc<str>,
 }
 
 impl Emit<'_> {
@@ -314,6 +319,14 @@ impl Emit<'_> {
         self.rules
             .elements
             .push((ElemKey::new(SetId::new(kind, fam), key), value));
+        // A hairpin element (pod . pod) is shared by every Service of that
+        // pod: it names no Service, so its owner can change without churn.
+        let comment = if kind == SetKind::Hairpin {
+            Arc::from("hairpin")
+        } else {
+            self.comment.clone()
+        };
+        self.rules.comments.push(comment);
     }
 
     /// The endpoint list of a frontend at `base` indices.
@@ -432,7 +445,10 @@ pub fn compile_service(
             local_count_for_health = local_count_for_health.max(eps.local.len());
             let cluster = &eps.cluster;
             let local = &eps.local;
-            let mut emit = Emit { rules: &mut rules };
+            let mut emit = Emit {
+                rules: &mut rules,
+                comment: element_comment(&namespace, &name, svc_port, proto),
+            };
             let proto_port = [Datum::Proto(proto), Datum::Port(svc_port)];
             rules_summary(
                 &mut emit, fam, &namespace, &name, port, cluster, local, itp_local, etp_local,
@@ -561,8 +577,29 @@ pub fn compile_service(
     // A Service may list the same endpoint for two ports: keep one copy of
     // shared elements (hairpin) per Service.
     let mut seen = std::collections::HashSet::new();
-    rules.elements.retain(|(k, _)| seen.insert(k.clone()));
+    let keep: Vec<bool> = rules
+        .elements
+        .iter()
+        .map(|(k, _)| seen.insert(k.clone()))
+        .collect();
+    let mut flags = keep.iter();
+    rules
+        .elements
+        .retain(|_| flags.next().copied().unwrap_or(true));
+    let mut flags = keep.iter();
+    rules
+        .comments
+        .retain(|_| flags.next().copied().unwrap_or(true));
     Some(rules)
+}
+
+/// The comment the elements of one Service port carry in the kernel, so
+/// `nft list table inet podwire-proxy | grep web-service` finds them.
+pub fn element_comment(namespace: &str, name: &str, port: u16, proto: u8) -> Arc<str> {
+    match proto {
+        6 => format!("{namespace}/{name}:{port}").into(),
+        p => format!("{namespace}/{name}:{port}/{}", proto_name(p)).into(),
+    }
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -60,8 +60,18 @@ type Change = (
     Option<Arc<ServiceRules>>,
 );
 
-/// Contributions to one element: (owner, value), sorted by owner.
-type Owners = Vec<(Arc<ServiceKey>, Value)>;
+/// Contributions to one element: (owner, value, comment), sorted by owner.
+type Owners = Vec<(Arc<ServiceKey>, Value, Arc<str>)>;
+
+/// What the kernel holds for one element: its value and its comment.
+type Held = (Value, Arc<str>);
+
+/// The element as sent: key, value and the comment naming its Service.
+fn encode_held(k: &ElemKey, held: &Held) -> SetElement {
+    let mut element = encode_element(k, &held.0);
+    element.comment = Some(held.1.clone());
+    element
+}
 
 #[derive(Debug)]
 struct Committed {
@@ -71,8 +81,8 @@ struct Committed {
     chain_refs: HashMap<LbChain, usize>,
     services: BTreeMap<ServiceKey, Arc<ServiceRules>>,
     owners: HashMap<ElemKey, Owners>,
-    /// The effective value of every element in the kernel.
-    kernel: HashMap<ElemKey, Value>,
+    /// The effective value (and comment) of every element in the kernel.
+    kernel: HashMap<ElemKey, Held>,
 }
 
 /// The applier. Works in the calling thread's network namespace.
@@ -189,12 +199,13 @@ impl Engine {
             for c in &rules.chains {
                 *chain_refs.entry(*c).or_default() += 1;
             }
-            for (k, v) in &rules.elements {
+            for ((k, v), comment) in rules.elements.iter().zip(&rules.comments) {
                 // Services are visited in key order: pushing keeps owners sorted.
-                owners
-                    .entry(k.clone())
-                    .or_default()
-                    .push((owner.clone(), v.clone()));
+                owners.entry(k.clone()).or_default().push((
+                    owner.clone(),
+                    v.clone(),
+                    comment.clone(),
+                ));
             }
         }
         let chains: BTreeSet<LbChain> = chain_refs.keys().copied().collect();
@@ -208,9 +219,9 @@ impl Engine {
         let mut kernel = HashMap::with_capacity(owners.len());
         let mut by_set: BTreeMap<SetId, Vec<SetElement>> = BTreeMap::new();
         for (k, list) in &owners {
-            let v = &list[0].1;
-            by_set.entry(k.set).or_default().push(encode_element(k, v));
-            kernel.insert(k.clone(), v.clone());
+            let held: Held = (list[0].1.clone(), list[0].2.clone());
+            by_set.entry(k.set).or_default().push(encode_held(k, &held));
+            kernel.insert(k.clone(), held);
         }
         let mut ops: Vec<SetOp> = SetId::all()
             .map(|set| SetOp::Flush { set: set.name() })
@@ -330,7 +341,7 @@ impl Engine {
                 }
                 for (k, _) in &old.elements {
                     if let Some(list) = c.owners.get_mut(k) {
-                        list.retain(|(o, _)| o.as_ref() != key);
+                        list.retain(|(o, _, _)| o.as_ref() != key);
                         if list.is_empty() {
                             c.owners.remove(k);
                         }
@@ -346,10 +357,10 @@ impl Engine {
                         new_chains.insert(*ch);
                     }
                 }
-                for (k, v) in &new.elements {
+                for ((k, v), comment) in new.elements.iter().zip(&new.comments) {
                     let list = c.owners.entry(k.clone()).or_default();
-                    let pos = list.partition_point(|(o, _)| o.as_ref() < key);
-                    list.insert(pos, (owner.clone(), v.clone()));
+                    let pos = list.partition_point(|(o, _, _)| o.as_ref() < key);
+                    list.insert(pos, (owner.clone(), v.clone(), comment.clone()));
                     touched.push(k.clone());
                 }
             }
@@ -364,26 +375,26 @@ impl Engine {
 
         let mut deletes: BTreeMap<SetId, Vec<SetElement>> = BTreeMap::new();
         let mut adds: BTreeMap<SetId, Vec<SetElement>> = BTreeMap::new();
-        let mut kernel_changes: Vec<(ElemKey, Option<Value>)> = Vec::new();
+        let mut kernel_changes: Vec<(ElemKey, Option<Held>)> = Vec::new();
         let mut done: HashSet<&ElemKey> = HashSet::new();
         for k in &touched {
             if !done.insert(k) {
                 continue;
             }
-            let want = c.owners.get(k).map(|l| &l[0].1);
+            let want: Option<Held> = c.owners.get(k).map(|l| (l[0].1.clone(), l[0].2.clone()));
             let have = c.kernel.get(k);
-            if want == have {
+            if want.as_ref() == have {
                 continue;
             }
             if let Some(v) = have {
-                deletes.entry(k.set).or_default().push(encode_element(k, v));
+                deletes.entry(k.set).or_default().push(encode_held(k, v));
                 report.elements_deleted += 1;
             }
-            if let Some(v) = want {
-                adds.entry(k.set).or_default().push(encode_element(k, v));
+            if let Some(v) = &want {
+                adds.entry(k.set).or_default().push(encode_held(k, v));
                 report.elements_added += 1;
             }
-            kernel_changes.push((k.clone(), want.cloned()));
+            kernel_changes.push((k.clone(), want));
         }
         let mut ops: Vec<SetOp> = deletes
             .into_iter()
@@ -579,6 +590,7 @@ fn purge_affinity(fam: Fam, dst: Option<IpAddr>, proto: u8, port: u16, slots: &[
             key: e.key,
             key_end: None,
             data: nft::SetData::None,
+            comment: None,
         })
         .collect();
     if doomed.is_empty() {

@@ -702,6 +702,7 @@ pub fn encode_element(key: &ElemKey, value: &Value) -> podwire_kernel::nft::SetE
         key: k,
         key_end: ranged.then_some(end),
         data,
+        comment: None,
     }
 }
 

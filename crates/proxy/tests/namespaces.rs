@@ -69,6 +69,17 @@ fn clusterip_balances_over_all_endpoints_and_rejects_at_once_without_any() {
         ]),
     );
     assert!(report.full && report.structure_loaded, "{report:?}");
+    // Every element names its Service port in nft's own comment.
+    let listing = w.nft_list();
+    let named: Vec<&str> = listing
+        .lines()
+        .filter(|l| l.contains("comment \"apps/web:80\""))
+        .collect();
+    assert!(
+        named.iter().any(|l| l.contains("10.96.0.50 . tcp . 80"))
+            && named.iter().any(|l| l.contains("10.244.1.4 . 8080")),
+        "{listing}"
+    );
     let seen = counts(&w, "client", addr("10.96.0.50", 80), 150);
     assert_eq!(seen.len(), 3, "every endpoint answers: {seen:?}");
     for (pod, n) in &seen {
