@@ -164,6 +164,9 @@ fn namespace_labels(state: &ClusterState) -> HashMap<String, BTreeMap<String, St
     out
 }
 
+/// Disjoint (peer range, ports) pieces of one pod's grants.
+type Pieces = Vec<(Range, Ports)>;
+
 /// Where a rule's peers are: pods (indexes into the pod list) and ranges.
 struct PeerSet {
     all: bool,
@@ -348,8 +351,7 @@ pub fn compile(state: &ClusterState, node: &str) -> Ruleset {
 
     // Ingress: grants depend on the destination pod only through named
     // ports, so pods with the same rules and resolutions share one sweep.
-    let mut cache: HashMap<Vec<(usize, usize, Option<Ports>)>, Vec<(Range, Ports)>> =
-        HashMap::new();
+    let mut cache: HashMap<Vec<(usize, usize, Option<Ports>)>, Pieces> = HashMap::new();
     for (li, rules) in &ingress_of {
         let dst = &pods[*li];
         let sig: Vec<(usize, usize, Option<Ports>)> = rules
@@ -383,7 +385,7 @@ pub fn compile(state: &ClusterState, node: &str) -> Ruleset {
     }
 
     // Egress: grants do not depend on the source pod at all.
-    let mut cache: HashMap<Vec<(usize, usize)>, Vec<(Range, Ports)>> = HashMap::new();
+    let mut cache: HashMap<Vec<(usize, usize)>, Pieces> = HashMap::new();
     for (li, rules) in &egress_of {
         let src = &pods[*li];
         let pieces = cache.entry(rules.clone()).or_insert_with_key(|sig| {

@@ -17,6 +17,7 @@ const NFULNL_MSG_PACKET: u16 = 0;
 const NFULNL_MSG_CONFIG: u16 = 1;
 const NFULA_CFG_CMD: u16 = 1;
 const NFULA_CFG_MODE: u16 = 2;
+const NFULA_CFG_QTHRESH: u16 = 4;
 const NFULNL_CFG_CMD_BIND: u8 = 1;
 const NFULNL_COPY_PACKET: u8 = 2;
 const NFULA_PAYLOAD: u16 = 9;
@@ -44,8 +45,11 @@ fn config_message(group: u16) -> Vec<u8> {
     body.extend_from_slice(&group.to_be_bytes());
     attr(&mut body, NFULA_CFG_CMD, &[NFULNL_CFG_CMD_BIND]);
     let mut mode = 96u32.to_be_bytes().to_vec();
-    mode.push(NFULNL_COPY_PACKET);
+    // struct nfulnl_msg_config_mode is packed: range, mode, pad (6 bytes).
+    mode.extend_from_slice(&[NFULNL_COPY_PACKET, 0]);
     attr(&mut body, NFULA_CFG_MODE, &mode);
+    // Deliver each packet at once (the default batches 100 or waits 1 s).
+    attr(&mut body, NFULA_CFG_QTHRESH, &1u32.to_be_bytes());
     let mut msg = Vec::new();
     msg.extend_from_slice(&((16 + body.len()) as u32).to_ne_bytes());
     msg.extend_from_slice(&((NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_CONFIG).to_ne_bytes());
@@ -132,8 +136,9 @@ impl LogReader {
         Ok(LogReader { socket, buf })
     }
 
-    /// Logs every denied packet waiting on the socket.
-    pub fn drain(&mut self, rs: &Ruleset) {
+    /// Every denied packet waiting on the socket (never blocks).
+    pub fn poll(&mut self) -> Vec<Denied> {
+        let mut out = Vec::new();
         while let Ok(n) = self.socket.recv(&mut &mut self.buf[..], 0) {
             if n == 0 {
                 break;
@@ -149,10 +154,18 @@ impl LogReader {
                 if kind == (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_PACKET
                     && let Some(d) = parse_packet(&b[20..len])
                 {
-                    log_denied(rs, &d);
+                    out.push(d);
                 }
                 off += (len + 3) & !3;
             }
+        }
+        out
+    }
+
+    /// Logs every denied packet waiting on the socket.
+    pub fn drain(&mut self, rs: &Ruleset) {
+        for d in self.poll() {
+            log_denied(rs, &d);
         }
     }
 }
