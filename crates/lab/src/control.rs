@@ -12,11 +12,13 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::cluster::{ControlPlaneMode, KubeLab};
 use crate::error::{LabError, Result};
+use crate::manifest::LabSpec;
 use crate::manifest::{parse_lab, parse_manifest};
 use crate::paths::LabPaths;
 use crate::record::load_record;
-use crate::supervisor::Controller;
+use crate::supervisor::{Controller, Progress};
 
 /// How often dead containers and agents are looked for.
 const REAP_EVERY: Duration = Duration::from_millis(250);
@@ -73,13 +75,83 @@ fn send(stream: &mut UnixStream, reply: &Reply) {
 }
 
 /// The supervisor's main loop: serve requests until `down`.
+/// The supervisor's owner of the cluster: the lab playing the control
+/// plane over the files store, or a real control plane.
+enum Lab {
+    Files(Box<Controller>),
+    Kube(Box<KubeLab>),
+}
+
+impl Lab {
+    fn up(&mut self, objects: Vec<podwire_model::Object>, progress: Progress) -> Result<String> {
+        match self {
+            Lab::Files(c) => c.up(objects, progress),
+            Lab::Kube(k) => k.up(objects, progress),
+        }
+    }
+
+    fn apply(
+        &mut self,
+        lab: Option<LabSpec>,
+        mut objects: Vec<podwire_model::Object>,
+        progress: Progress,
+    ) -> Result<()> {
+        match self {
+            Lab::Files(c) => {
+                if let Some(spec) = &lab {
+                    let secrets = c.apply_lab(spec, &objects, progress)?;
+                    objects.extend(secrets);
+                }
+                c.apply(objects, progress)
+            }
+            Lab::Kube(k) => k.apply_document(lab.as_ref(), objects, progress),
+        }
+    }
+
+    fn delete(
+        &mut self,
+        lab: Option<LabSpec>,
+        objects: Vec<podwire_model::Object>,
+        progress: Progress,
+    ) -> Result<()> {
+        match self {
+            Lab::Files(c) => {
+                c.delete(objects, progress)?;
+                if let Some(spec) = &lab {
+                    c.delete_nodes(spec, progress)?;
+                }
+                Ok(())
+            }
+            Lab::Kube(k) => k.delete_document(lab.as_ref(), objects, progress),
+        }
+    }
+
+    fn reap(&mut self) {
+        match self {
+            Lab::Files(c) => c.reap(),
+            Lab::Kube(k) => k.reap(),
+        }
+    }
+
+    fn down(&mut self) -> Vec<String> {
+        match self {
+            Lab::Files(c) => c.down(),
+            Lab::Kube(k) => k.down(),
+        }
+    }
+}
+
 pub fn serve(paths: LabPaths, exe: PathBuf) -> Result<()> {
     let record = load_record(&paths)?;
-    let controller = Arc::new(Mutex::new(Controller::new(
-        paths.clone(),
-        exe,
-        record.spec,
-    )?));
+    let lab = match ControlPlaneMode::of(&paths) {
+        ControlPlaneMode::Files => {
+            Lab::Files(Box::new(Controller::new(paths.clone(), exe, record.spec)?))
+        }
+        ControlPlaneMode::Kubernetes => {
+            Lab::Kube(Box::new(KubeLab::new(paths.clone(), exe, record.spec)?))
+        }
+    };
+    let controller = Arc::new(Mutex::new(lab));
     let _ = std::fs::remove_file(paths.socket());
     let listener = UnixListener::bind(paths.socket())
         .map_err(|e| LabError::io("cannot open the control socket", e))?;
@@ -131,22 +203,10 @@ pub fn serve(paths: LabPaths, exe: PathBuf) -> Result<()> {
                 .and_then(|m| c.up(m.objects, &mut progress).map(Some)),
             "apply" => parse_manifest(&request.yaml)
                 .map_err(LabError::from)
-                .and_then(|(lab, mut objs)| {
-                    if let Some(spec) = &lab {
-                        let secrets = c.apply_lab(spec, &objs, &mut progress)?;
-                        objs.extend(secrets);
-                    }
-                    c.apply(objs, &mut progress).map(|_| None)
-                }),
+                .and_then(|(lab, objs)| c.apply(lab, objs, &mut progress).map(|_| None)),
             "delete" => parse_manifest(&request.yaml)
                 .map_err(LabError::from)
-                .and_then(|(lab, objs)| {
-                    c.delete(objs, &mut progress)?;
-                    if let Some(spec) = &lab {
-                        c.delete_nodes(spec, &mut progress)?;
-                    }
-                    Ok(None)
-                }),
+                .and_then(|(lab, objs)| c.delete(lab, objs, &mut progress).map(|_| None)),
             "ping" => Ok(None),
             "down" => {
                 let left = c.down();

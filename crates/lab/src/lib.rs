@@ -7,6 +7,7 @@
 
 pub mod addons;
 pub mod certs;
+pub mod cluster;
 pub mod control;
 pub mod controllers;
 pub mod controlplane;
@@ -36,6 +37,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub use cluster::ControlPlaneMode;
 pub use error::{LabError, ManifestError, Result};
 pub use manifest::{LabSpec, builtin_example};
 use paths::{LabPaths, netns_path};
@@ -53,6 +55,7 @@ pub fn up(
     name: &str,
     manifest: &str,
     exe: &Path,
+    control_plane: Option<ControlPlaneMode>,
     progress: &mut dyn FnMut(&str),
 ) -> Result<String> {
     let paths = LabPaths::new(name)?;
@@ -67,9 +70,33 @@ pub fn up(
     std::fs::write(paths.dir.join("manifest.yaml"), manifest)
         .map_err(|e| LabError::io("cannot save the manifest", e))?;
     record::save_record(&paths, &parsed.spec)?;
+    let binaries = cluster::kubectl::find_binaries();
+    let mode = match (control_plane, &binaries) {
+        (Some(ControlPlaneMode::Kubernetes), None) => {
+            let _ = std::fs::remove_dir_all(&paths.dir);
+            return Err(LabError::Invalid(
+                "--control-plane kubernetes needs the Kubernetes programs: run tools/k8s/build (or set PODWIRE_K8S_BIN)".into(),
+            ));
+        }
+        (Some(mode), _) => mode,
+        (None, Some(_)) => ControlPlaneMode::Kubernetes,
+        (None, None) => ControlPlaneMode::Files,
+    };
+    std::fs::write(paths.dir.join(cluster::MODE_FILE), mode.as_str())
+        .map_err(|e| LabError::io("cannot record the lab's control plane", e))?;
     start_supervisor(&paths, exe)?;
     match control::request(&paths, "up", "", progress) {
-        Ok(summary) => Ok(summary.unwrap_or_default()),
+        Ok(summary) => {
+            let mut summary = summary.unwrap_or_default();
+            if mode == ControlPlaneMode::Files {
+                summary.push_str(if binaries.is_none() {
+                    "\ncontrol plane: the embedded files store (the Kubernetes programs are not built; tools/k8s/build adds a real control plane and kubectl)"
+                } else {
+                    "\ncontrol plane: the embedded files store (--control-plane files)"
+                });
+            }
+            Ok(summary)
+        }
         Err(e) => {
             // A lab that failed half-way is removed whole.
             let _ = down(name);
@@ -213,12 +240,18 @@ fn existing(name: &str) -> Result<LabPaths> {
 /// The lab's cluster state as the components see it.
 pub fn state(name: &str) -> Result<podwire_model::ClusterState> {
     let paths = existing(name)?;
+    if ControlPlaneMode::of(&paths) == ControlPlaneMode::Kubernetes {
+        return cluster::verbs::state(&paths);
+    }
     Ok(podwire_model::Store::open(paths.cluster()).load()?)
 }
 
 /// `lab exec POD -- CMD`: runs inside the pod with its resolv.conf and hosts.
 pub fn exec_pod(name: &str, namespace: &str, pod: &str, argv: &[String]) -> Result<i32> {
     let paths = existing(name)?;
+    if ControlPlaneMode::of(&paths) == ControlPlaneMode::Kubernetes {
+        return cluster::verbs::exec_pod(&paths, namespace, pod, argv);
+    }
     let state = podwire_model::Store::open(paths.cluster()).load()?;
     let object = state
         .pods
@@ -244,7 +277,11 @@ pub fn exec_pod(name: &str, namespace: &str, pod: &str, argv: &[String]) -> Resu
 pub fn exec_node(name: &str, node: &str, argv: &[String]) -> Result<i32> {
     let paths = existing(name)?;
     let record = record::load_record(&paths)?;
+    let kube = ControlPlaneMode::of(&paths) == ControlPlaneMode::Kubernetes;
     let ns = if record.spec.nodes.iter().any(|n| n.name == node) {
+        if kube {
+            return cluster::verbs::exec_node(&paths, node, argv);
+        }
         paths.node_ns(node)
     } else if record
         .spec
@@ -278,6 +315,9 @@ pub fn exec_node(name: &str, node: &str, argv: &[String]) -> Result<i32> {
 /// of them, in declaration order, without -c).
 pub fn logs(name: &str, namespace: &str, pod: &str, container: Option<&str>) -> Result<String> {
     let paths = existing(name)?;
+    if ControlPlaneMode::of(&paths) == ControlPlaneMode::Kubernetes {
+        return cluster::verbs::logs(&paths, namespace, pod, container);
+    }
     let state = podwire_model::Store::open(paths.cluster()).load()?;
     let object = state
         .pods
@@ -317,4 +357,26 @@ pub fn logs(name: &str, namespace: &str, pod: &str, container: Option<&str>) -> 
 pub fn supervise(name: &str, exe: &Path) -> Result<()> {
     let paths = LabPaths::new(name)?;
     control::serve(paths, exe.to_path_buf())
+}
+
+/// Which control plane a lab runs.
+pub fn mode(name: &str) -> Result<ControlPlaneMode> {
+    Ok(ControlPlaneMode::of(&existing(name)?))
+}
+
+/// `lab kubectl -- ARGS`: the real kubectl on a lab with a real control
+/// plane (its exit code).
+pub fn kubectl(name: &str, args: &[String]) -> Result<i32> {
+    let paths = existing(name)?;
+    if ControlPlaneMode::of(&paths) != ControlPlaneMode::Kubernetes {
+        return Err(LabError::Invalid(format!(
+            "lab {name} runs the embedded files store, not a Kubernetes control plane: use `podwire lab get`, or `lab up --control-plane kubernetes` after tools/k8s/build"
+        )));
+    }
+    cluster::verbs::kubectl(&paths, args)
+}
+
+/// `lab node-init SPEC`: a node's process 1 (started by the supervisor).
+pub fn node_init(spec: &Path) -> Result<()> {
+    cluster::nodeinit::run(spec)
 }

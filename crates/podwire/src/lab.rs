@@ -23,6 +23,12 @@ enum LabCmd {
     Up {
         #[arg(short = 'f', long = "filename")]
         file: Option<String>,
+        /// kubernetes: etcd, kube-apiserver, controller manager and
+        /// scheduler in the controlplane node, podwire as kubelet and
+        /// deployed from deploy/ (needs tools/k8s/build); files: the
+        /// embedded files store; auto: kubernetes when the programs are built.
+        #[arg(long, default_value = "auto", value_parser = ["auto", "kubernetes", "files"])]
+        control_plane: String,
     },
     /// Remove every namespace, link, rule, process and file of the lab
     /// (exits non-zero, naming each, if something could not be removed).
@@ -67,6 +73,12 @@ enum LabCmd {
         #[arg(short = 'c', long = "container")]
         container: Option<String>,
     },
+    /// The real kubectl on the lab (labs with a Kubernetes control plane):
+    /// `podwire lab kubectl -- get pods -A`.
+    Kubectl {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// List the labs on this machine.
     List,
     /// Print the built-in example manifest.
@@ -74,6 +86,9 @@ enum LabCmd {
     /// The lab's background supervisor (started by `lab up`).
     #[command(hide = true)]
     Supervise,
+    /// A node's process 1 (started by the supervisor).
+    #[command(hide = true)]
+    NodeInit { spec: std::path::PathBuf },
 }
 
 fn read_file(file: &str) -> Result<String> {
@@ -100,14 +115,22 @@ fn end_quietly_on_closed_pipe() {
 }
 
 pub fn run(args: LabArgs) -> Result<()> {
-    if !matches!(args.command, LabCmd::Supervise) {
+    if !matches!(args.command, LabCmd::Supervise | LabCmd::NodeInit { .. }) {
         end_quietly_on_closed_pipe();
     }
     let name = args.name.as_str();
     let exe = std::env::current_exe().context("cannot find the podwire binary")?;
     let mut progress = |msg: &str| println!("  {msg}");
     match args.command {
-        LabCmd::Up { file } => {
+        LabCmd::Up {
+            file,
+            control_plane,
+        } => {
+            let mode = match control_plane.as_str() {
+                "kubernetes" => Some(podwire_lab::ControlPlaneMode::Kubernetes),
+                "files" => Some(podwire_lab::ControlPlaneMode::Files),
+                _ => None,
+            };
             let manifest = match &file {
                 Some(f) => read_file(f)?,
                 None => podwire_lab::builtin_example().to_string(),
@@ -116,7 +139,7 @@ pub fn run(args: LabArgs) -> Result<()> {
                 "lab {name}: building {}",
                 file.as_deref().unwrap_or("the built-in example")
             );
-            let summary = podwire_lab::up(name, &manifest, &exe, &mut progress)?;
+            let summary = podwire_lab::up(name, &manifest, &exe, mode, &mut progress)?;
             println!("{summary}");
             print_hints(name)?;
         }
@@ -127,6 +150,19 @@ pub fn run(args: LabArgs) -> Result<()> {
             all,
             output,
         } => {
+            if podwire_lab::mode(name)? == podwire_lab::ControlPlaneMode::Kubernetes {
+                // The real thing answers: kubectl get, same flags.
+                let mut kargs = vec!["get".to_string(), resource];
+                match (all, namespace) {
+                    (true, _) => kargs.push("-A".into()),
+                    (false, Some(ns)) => kargs.extend(["-n".into(), ns]),
+                    (false, None) => {}
+                }
+                if let Some(o) = output {
+                    kargs.extend(["-o".into(), o]);
+                }
+                std::process::exit(podwire_lab::kubectl(name, &kargs)?);
+            }
             let output = match output.as_deref() {
                 None => Output::Table,
                 Some("wide") => Output::Wide,
@@ -189,6 +225,8 @@ pub fn run(args: LabArgs) -> Result<()> {
         }
         LabCmd::Example => print!("{}", podwire_lab::builtin_example()),
         LabCmd::Supervise => podwire_lab::supervise(name, &exe)?,
+        LabCmd::Kubectl { args } => std::process::exit(podwire_lab::kubectl(name, &args)?),
+        LabCmd::NodeInit { spec } => podwire_lab::node_init(&spec)?,
     }
     Ok(())
 }
@@ -202,6 +240,10 @@ fn print_hints(name: &str) -> Result<()> {
         format!(" --name {name}")
     };
     println!("\nTry it:");
+    if podwire_lab::mode(name)? == podwire_lab::ControlPlaneMode::Kubernetes {
+        println!("  podwire lab kubectl{flag} -- get nodes -o wide");
+        println!("  podwire lab kubectl{flag} -- get ds,deploy,pods -n kube-system -o wide");
+    }
     println!("  podwire lab get pods -A -o wide{flag}");
     let web = state.pods.values().find_map(|p| {
         let ip = p.status.as_ref()?.pod_ip.clone()?;

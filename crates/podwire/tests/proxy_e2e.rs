@@ -194,7 +194,8 @@ impl Lab {
         let mut file = tempfile::NamedTempFile::new().expect("manifest file");
         file.write_all(MANIFEST.as_bytes()).expect("write manifest");
         let path = file.path().display().to_string();
-        lab.cmd(&["up", "-f", &path], None).expect_ok();
+        lab.cmd(&["up", "--control-plane", "files", "-f", &path], None)
+            .expect_ok();
         lab
     }
 
@@ -466,6 +467,25 @@ fn local_policy_keeps_the_client_ip_drops_elsewhere_and_health_checks() {
     assert!(
         run.stdout
             .contains("podwire_proxy_nftables_elements{set=\"svc4\"}")
+    );
+    // As kube-proxy: the mode on the metrics port.
+    let run = lab
+        .node_sh("node01", "curl -s -m 3 http://127.0.0.1:10249/proxyMode")
+        .expect_ok();
+    assert_eq!(run.stdout, "nftables", "{}", run.describe());
+    // The live table names each element's Service, as the course greps
+    // kube-proxy's rules.
+    let run = lab
+        .node_sh(
+            "node01",
+            "nft list table inet podwire-proxy | grep 'apps/web:80'",
+        )
+        .expect_ok();
+    assert!(
+        run.stdout.contains("10.96.100.10 . tcp . 80")
+            && run.stdout.contains("comment \"apps/web:80\""),
+        "{}",
+        run.describe()
     );
 }
 

@@ -258,10 +258,15 @@ impl Lab {
         lab
     }
 
-    /// `lab up` (the built-in example when no manifest is given); the
-    /// outcome is the caller's to judge.
+    /// `lab up` (the built-in example when no manifest is given) with the
+    /// embedded files store; the outcome is the caller's to judge.
     pub fn up(&self, file: Option<&Path>) -> Run {
-        let mut args = vec!["up".to_string()];
+        self.up_with(file, "files")
+    }
+
+    /// `lab up --control-plane MODE` (kubernetes, files or auto).
+    pub fn up_with(&self, file: Option<&Path>, mode: &str) -> Run {
+        let mut args = vec!["up".to_string(), "--control-plane".into(), mode.into()];
         if let Some(f) = file {
             args.push("-f".into());
             args.push(f.display().to_string());
