@@ -105,8 +105,8 @@ pub fn install_conflist(conf_dir: &Path, net: &NodeNetwork) -> std::io::Result<b
 /// Copies the binary `exe` into `bin_dir` as `podwire` and points the other
 /// plugin names at it; Ok(true) when anything changed.
 pub fn install_binary(exe: &Path, bin_dir: &Path) -> std::io::Result<bool> {
-    let bytes = std::fs::read(exe)?;
-    let mut changed = write_if_changed(&bin_dir.join(PLUGIN_NAMES[0]), &bytes, 0o755)?;
+    std::fs::create_dir_all(bin_dir)?;
+    let mut changed = copy_if_newer(exe, &bin_dir.join(PLUGIN_NAMES[0]))?;
     for name in &PLUGIN_NAMES[1..] {
         let link = bin_dir.join(name);
         if std::fs::read_link(&link).is_ok_and(|t| t == Path::new(PLUGIN_NAMES[0])) {
@@ -119,6 +119,27 @@ pub fn install_binary(exe: &Path, bin_dir: &Path) -> std::io::Result<bool> {
         changed = true;
     }
     Ok(changed)
+}
+
+/// Copies `src` to `dst` (temp file + rename: a runtime never executes a
+/// half-written plugin) unless `dst` already has its size and is at least
+/// as new, as after a restart of the same agent: no need to read a binary
+/// of tens of megabytes on every start.
+fn copy_if_newer(src: &Path, dst: &Path) -> std::io::Result<bool> {
+    let from = std::fs::metadata(src)?;
+    if let Ok(to) = std::fs::metadata(dst)
+        && to.len() == from.len()
+        && let (Ok(src_time), Ok(dst_time)) = (from.modified(), to.modified())
+        && dst_time >= src_time
+    {
+        return Ok(false);
+    }
+    let name = dst.file_name().and_then(|n| n.to_str()).unwrap_or("plugin");
+    let tmp = dst.with_file_name(format!(".{name}.tmp.{}", std::process::id()));
+    std::fs::copy(src, &tmp)?;
+    std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    std::fs::rename(&tmp, dst)?;
+    Ok(true)
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use lab_common::*;
-use podwire_testsupport::k8s::k8s_bin;
+use podwire_testsupport::k8s_bin;
 use serde_json::Value;
 
 /// `lab up` of the example with a real control plane (the target

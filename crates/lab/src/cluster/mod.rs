@@ -246,9 +246,11 @@ impl KubeLab {
             self.control_plane.api_url(),
             started.elapsed().as_secs_f64()
         ));
-        self.wait_nodes(progress)?;
+        // Registered, not Ready: as on any cluster, a node is NotReady
+        // until its network plugin is installed (by the DaemonSet below).
+        self.wait_nodes(false)?;
         progress(&format!(
-            "{} nodes registered by their kubelets and Ready after {:.1} s",
+            "{} nodes registered by their kubelets after {:.1} s",
             self.plan.nodes.len(),
             started.elapsed().as_secs_f64()
         ));
@@ -259,6 +261,12 @@ impl KubeLab {
         })?;
         self.kubectl().apply(&podwire)?;
         progress("podwire applied from deploy/podwire.yaml (DaemonSet podwire-node, DNS, ingress)");
+        // The Lab's pods spread over Ready nodes only.
+        self.wait_nodes(true)?;
+        progress(&format!(
+            "nodes Ready (podwire-node installed the CNI plugin) after {:.1} s",
+            started.elapsed().as_secs_f64()
+        ));
         let mut objects = objects;
         for cert in &self.spec.certificates {
             objects.push(ca.secret(cert)?);
@@ -313,16 +321,20 @@ impl KubeLab {
         }
     }
 
-    /// Waits until every node has registered and is Ready, and gives the
-    /// control-plane node its role label (kubeadm's mark-control-plane).
-    fn wait_nodes(&self, progress: Progress) -> Result<()> {
+    /// Waits until every node has registered (and is Ready, with
+    /// `ready`), and gives the control-plane node its role label (kubeadm's
+    /// mark-control-plane).
+    fn wait_nodes(&self, ready: bool) -> Result<()> {
         let deadline = Instant::now() + READY_WAIT;
         let kubectl = self.kubectl();
         let mut labelled = false;
         loop {
             let nodes = kubectl.get_json(&["nodes"]);
-            let waiting = match &nodes {
-                Ok(all) => not_ready(all, self.plan.nodes.len()),
+            let waiting: Vec<String> = match &nodes {
+                Ok(all) => not_ready(all, self.plan.nodes.len())
+                    .into_iter()
+                    .filter(|w| ready || !w.ends_with("not Ready"))
+                    .collect(),
                 Err(e) => vec![e.to_string()],
             };
             let cp_registered = nodes.as_ref().is_ok_and(|all| {
@@ -355,7 +367,6 @@ impl KubeLab {
                     self.paths.dir.display()
                 )));
             }
-            let _ = &progress;
             std::thread::sleep(Duration::from_millis(100));
         }
     }
