@@ -184,16 +184,28 @@ pub struct Lab {
 const LAB_TIMEOUT: Duration = Duration::from_secs(120);
 
 impl Lab {
-    /// `podwire lab up --name NAME -f MANIFEST`, timed. The guard exists
-    /// before the command runs, so whatever it created is removed on failure.
-    pub fn up(podwire: &Path, name: &str, manifest: &Path) -> Result<(Lab, Duration)> {
+    /// `podwire lab up --name NAME --control-plane MODE -f MANIFEST`, timed.
+    /// The guard exists before the command runs, so whatever it created is
+    /// removed on failure.
+    pub fn up(
+        podwire: &Path,
+        name: &str,
+        manifest: &Path,
+        control_plane: &str,
+    ) -> Result<(Lab, Duration)> {
         let lab = Lab {
             podwire: podwire.to_path_buf(),
             name: name.to_string(),
             removed: false,
         };
         let done = lab
-            .podwire(&["up", "-f", &manifest.display().to_string()])
+            .podwire(&[
+                "up",
+                "--control-plane",
+                control_plane,
+                "-f",
+                &manifest.display().to_string(),
+            ])
             .with_context(|| format!("lab up --name {name}"))?;
         Ok((lab, done.elapsed))
     }

@@ -33,12 +33,16 @@ a veth pair between two namespaces, interleaved.
   --runs N         lab up/down repetitions per routing mode (default 5, at least 1)
   --iperf-runs N   iperf3 runs per path, one per repetition (default 5, at most --runs)
   --seconds S      length of each iperf3 run (default 5)
+  --control-plane M  files, kubernetes or both (default: both when tools/k8s/build
+                   has built the Kubernetes programs, else files); kubernetes
+                   rounds time lab up/down of the vxlan lab only (same data path)
   --json           print the results as JSON instead of a table
   --podwire PATH   the podwire binary (default: next to this binary)
   --iperf3 PATH    the iperf3 binary (default: found in PATH)";
 
-/// Targets from the issue.
+/// Targets from the issues: the files store, and a real control plane.
 const UP_TARGET_MS: f64 = 5000.0;
+const KUBE_UP_TARGET_MS: f64 = 10000.0;
 const HOST_GW_TARGET: f64 = 0.90;
 const VXLAN_TARGET: f64 = 0.85;
 
@@ -56,6 +60,7 @@ const QUIET_MAX_WAIT: Duration = Duration::from_secs(2);
 
 #[derive(Debug)]
 struct Args {
+    control_plane: String,
     runs: usize,
     iperf_runs: usize,
     seconds: u32,
@@ -66,6 +71,11 @@ struct Args {
 
 fn parse_args() -> Result<Args> {
     let mut args = Args {
+        control_plane: if podwire_lab::cluster::kubectl::find_binaries().is_some() {
+            "both".into()
+        } else {
+            "files".into()
+        },
         runs: 5,
         iperf_runs: 5,
         seconds: 5,
@@ -98,6 +108,13 @@ fn parse_args() -> Result<Args> {
                 ensure!(args.seconds >= 1, "--seconds must be at least 1");
             }
             "--json" => args.json = true,
+            "--control-plane" => {
+                args.control_plane = value("--control-plane")?;
+                ensure!(
+                    ["files", "kubernetes", "both"].contains(&args.control_plane.as_str()),
+                    "--control-plane takes files, kubernetes or both"
+                );
+            }
             "--podwire" => args.podwire = PathBuf::from(value("--podwire")?),
             "--iperf3" => args.iperf3 = PathBuf::from(value("--iperf3")?),
             "-h" | "--help" => {
@@ -285,6 +302,7 @@ struct Samples {
 #[derive(Debug, Serialize)]
 struct LabTimes {
     routing: &'static str,
+    control_plane: &'static str,
     up_ms: Stats,
     down_ms: Stats,
     up_target_ms: f64,
@@ -347,7 +365,7 @@ fn lab_round(
     samples
         .up_idle
         .push(lab_env::wait_quiet(QUIET_IDLE, QUIET_MAX_WAIT)?);
-    let (lab, up) = Lab::up(&args.podwire, &name, manifest)?;
+    let (lab, up) = Lab::up(&args.podwire, &name, manifest, "files")?;
     samples.up.push(up);
     check_interrupted()?;
     if with_iperf {
@@ -409,8 +427,10 @@ fn measure(args: &Args) -> Result<Report> {
         .iter()
         .map(|&p| (p, Samples::default()))
         .collect();
+    let files = args.control_plane != "kubernetes";
+    let kube = args.control_plane != "files";
     // Each repetition runs the three paths, starting one later each time.
-    for rep in 0..args.runs {
+    for rep in (0..args.runs).filter(|_| files) {
         let with_iperf = rep < args.iperf_runs;
         for k in 0..Route::ALL.len() {
             check_interrupted()?;
@@ -457,27 +477,64 @@ fn measure(args: &Args) -> Result<Report> {
         }
     }
     drop(veth);
-    report(args, &samples)
+    let mut kube_samples = Samples::default();
+    if kube {
+        let manifest = manifests
+            .iter()
+            .find(|(p, _)| *p == Route::Vxlan)
+            .map(|(_, f)| f.as_path())
+            .context("manifest")?;
+        for rep in 0..args.runs {
+            check_interrupted()?;
+            eprintln!(
+                "repetition {}/{}: vxlan lab, Kubernetes control plane (up/down only)",
+                rep + 1,
+                args.runs
+            );
+            let name = format!("{}{}-k", lab_env::LAB_PREFIX, std::process::id());
+            kube_samples
+                .up_idle
+                .push(lab_env::wait_quiet(QUIET_IDLE, QUIET_MAX_WAIT)?);
+            let (lab, up) = Lab::up(&args.podwire, &name, manifest, "kubernetes")?;
+            kube_samples.up.push(up);
+            kube_samples.down.push(lab.down()?);
+        }
+    }
+    let mut report = report(args, &samples, files)?;
+    if kube {
+        report.labs.push(lab_times("vxlan", "kubernetes", &kube_samples)?);
+    }
+    Ok(report)
 }
 
-fn report(args: &Args, samples: &[(Route, Samples)]) -> Result<Report> {
+fn lab_times(routing: &'static str, control_plane: &'static str, s: &Samples) -> Result<LabTimes> {
+    let up = Stats::of(&s.up).context("no lab up samples")?;
+    let target = if control_plane == "kubernetes" {
+        KUBE_UP_TARGET_MS
+    } else {
+        UP_TARGET_MS
+    };
+    Ok(LabTimes {
+        routing,
+        control_plane,
+        up_ms: up,
+        down_ms: Stats::of(&s.down).context("no lab down samples")?,
+        up_target_ms: target,
+        up_met: up.median_ms <= target,
+        idle_before_up_percent: Summary::of(
+            &s.up_idle.iter().map(|i| i * 100.0).collect::<Vec<_>>(),
+        )
+        .context("no lab up samples")?,
+    })
+}
+
+fn report(args: &Args, samples: &[(Route, Samples)], files: bool) -> Result<Report> {
     let mut labs = Vec::new();
-    for (route, s) in samples {
+    for (route, s) in samples.iter().filter(|_| files) {
         let Some(routing) = route.routing() else {
             continue;
         };
-        let up = Stats::of(&s.up).context("no lab up samples")?;
-        labs.push(LabTimes {
-            routing,
-            up_ms: up,
-            down_ms: Stats::of(&s.down).context("no lab down samples")?,
-            up_target_ms: UP_TARGET_MS,
-            up_met: up.median_ms <= UP_TARGET_MS,
-            idle_before_up_percent: Summary::of(
-                &s.up_idle.iter().map(|i| i * 100.0).collect::<Vec<_>>(),
-            )
-            .context("no lab up samples")?,
-        });
+        labs.push(lab_times(routing, "files", s)?);
     }
     let veth = samples
         .iter()
@@ -559,7 +616,7 @@ fn print_table(r: &Report) {
     for l in &r.labs {
         println!(
             "{:<32} {:>5} {:>9.1} {:>9.1} {:>9.1}  {:<12} {:>8.0}",
-            format!("lab up ({})", l.routing),
+            format!("lab up ({}, {})", l.routing, l.control_plane),
             l.up_ms.runs,
             l.up_ms.min_ms,
             l.up_ms.median_ms,
@@ -569,7 +626,7 @@ fn print_table(r: &Report) {
         );
         println!(
             "{:<32} {:>5} {:>9.1} {:>9.1} {:>9.1}",
-            format!("lab down ({})", l.routing),
+            format!("lab down ({}, {})", l.routing, l.control_plane),
             l.down_ms.runs,
             l.down_ms.min_ms,
             l.down_ms.median_ms,
