@@ -19,6 +19,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use ipnet::IpNet;
 use podwire_model::{ClusterState, ClusterWriter, Kind, RoutingMode, Snapshot, Watch, WatchEvent};
+use podwire_policy::{PolicyAgent, PolicyOptions, PolicyStatus};
 use podwire_proxy::{ProxyOptions, ProxyStatus, ServiceProxy};
 use podwire_routing::{AgentOptions, AgentStatus, RoutingAgent};
 use podwire_source::{ClusterSettings, KubeWriter};
@@ -74,6 +75,15 @@ pub struct AgentArgs {
     /// Run only the service proxy (no routes, no VXLAN, no masquerade).
     #[arg(long)]
     no_routing: bool,
+    /// Do not enforce NetworkPolicy.
+    #[arg(long)]
+    no_policy: bool,
+    /// Log connections NetworkPolicy denies (rate-limited, 10/s per
+    /// policy) through this nflog group: the agent reads it and logs one
+    /// line per denied connection (source pod, destination pod, port,
+    /// policy). Off by default.
+    #[arg(long, global = true)]
+    policy_log_group: Option<u16>,
     /// Install the CNI plugin (this binary) into --cni-bin-dir and write
     /// the node's conflist into --cni-conf-dir once its pod slice is known.
     #[arg(long)]
@@ -98,8 +108,9 @@ enum AgentAction {
     /// program on this node (routing, then the service proxy's table as an
     /// `nft -f` script), without touching anything.
     Plan,
-    /// Remove the service proxy's table from this namespace (the agent
-    /// never does on exit, so Services keep working while it restarts).
+    /// Remove the service proxy's and the NetworkPolicy tables from this
+    /// namespace (the agent never does on exit, so Services keep working
+    /// and policies stay enforced while it restarts).
     Cleanup,
 }
 
@@ -132,6 +143,12 @@ fn bind(text: &str, flag: &str) -> Result<Option<SocketAddr>> {
     text.parse()
         .map(Some)
         .with_context(|| format!("{flag} {text:?} is not ADDRESS:PORT (or \"off\")"))
+}
+
+fn policy_options(args: &AgentArgs) -> Result<PolicyOptions> {
+    let mut opts = PolicyOptions::new(node(args)?);
+    opts.log_group = args.policy_log_group;
+    Ok(opts)
 }
 
 fn proxy_options(args: &AgentArgs) -> Result<ProxyOptions> {
@@ -169,6 +186,9 @@ fn open_watch(args: &AgentArgs) -> Result<(Watch, Option<Arc<dyn ClusterWriter>>
     if !args.no_proxy {
         interest = interest.union(&podwire_proxy::interest());
     }
+    if !args.no_policy {
+        interest = interest.union(&podwire_policy::interest());
+    }
     let (source, kube) = args.source.open(&interest, cluster_settings(args)?)?;
     let writer = kube.map(|k| Arc::new(KubeWriter::new(&k)) as Arc<dyn ClusterWriter>);
     Ok((Watch::new(source, &interest), writer))
@@ -191,9 +211,18 @@ pub fn run(args: AgentArgs) -> Result<()> {
                     podwire_proxy::plan_for(&proxy_options(&args)?, &snapshot.state)
                 );
             }
+            if !args.no_policy {
+                print!(
+                    "{}",
+                    podwire_policy::plan_for(&policy_options(&args)?, &snapshot.state)
+                );
+            }
             Ok(())
         }
-        Some(AgentAction::Cleanup) => Ok(podwire_proxy::engine::delete_table()?),
+        Some(AgentAction::Cleanup) => {
+            podwire_proxy::engine::delete_table()?;
+            Ok(podwire_policy::engine::delete_table()?)
+        }
         None => run_agent(&args),
     }
 }
@@ -259,8 +288,12 @@ impl CniInstaller {
     }
 }
 
-/// The combined status of the two parts (each present only when it runs).
-fn combine(routing: Option<&AgentStatus>, proxy: Option<&ProxyStatus>) -> AgentStatus {
+/// The combined status of the parts (each present only when it runs).
+fn combine(
+    routing: Option<&AgentStatus>,
+    proxy: Option<&ProxyStatus>,
+    policy: Option<&PolicyStatus>,
+) -> AgentStatus {
     let mut errors = Vec::new();
     if let Some(e) = routing.and_then(|r| r.error.as_ref()) {
         errors.push(format!("routing: {e}"));
@@ -268,13 +301,19 @@ fn combine(routing: Option<&AgentStatus>, proxy: Option<&ProxyStatus>) -> AgentS
     if let Some(e) = proxy.and_then(|p| p.error.as_ref()) {
         errors.push(format!("service proxy: {e}"));
     }
+    if let Some(e) = policy.and_then(|p| p.error.as_ref()) {
+        errors.push(format!("network policy: {e}"));
+    }
     let generations = routing
         .map(|r| r.generation)
         .into_iter()
-        .chain(proxy.map(|p| p.generation));
+        .chain(proxy.map(|p| p.generation))
+        .chain(policy.map(|p| p.generation));
     AgentStatus {
         generation: generations.min().unwrap_or(0),
-        ok: routing.is_none_or(|r| r.ok) && proxy.is_none_or(|p| p.ok),
+        ok: routing.is_none_or(|r| r.ok)
+            && proxy.is_none_or(|p| p.ok)
+            && policy.is_none_or(|p| p.ok),
         error: (!errors.is_empty()).then(|| errors.join("; ")),
     }
 }
@@ -303,6 +342,11 @@ fn run_agent(args: &AgentArgs) -> Result<()> {
     } else {
         Some(ServiceProxy::new(proxy_options(args)?, !args.once)?)
     };
+    let mut policy = if args.no_policy {
+        None
+    } else {
+        Some(PolicyAgent::new(policy_options(args)?)?)
+    };
     let mut cni = args.install_cni.then(|| CniInstaller {
         bin_dir: args.cni_bin_dir.clone(),
         conf_dir: args.cni_conf_dir.clone(),
@@ -311,31 +355,39 @@ fn run_agent(args: &AgentArgs) -> Result<()> {
         installed: None,
     });
     let mtu = underlay_mtu(args);
-    let mut on_snapshot =
-        |s: &Snapshot, routing: &mut Option<RoutingAgent>, proxy: &mut Option<ServiceProxy>| {
-            if let Some(r) = routing.as_mut() {
-                let _ = r.reconcile(s);
-            }
-            if let Some(p) = proxy.as_mut() {
-                let _ = p.reconcile(s);
-            }
-            if let Some(c) = cni.as_mut()
-                && (s.changed.touches(Kind::Node) || c.installed.is_none())
-            {
-                c.update(&s.state, mtu);
-            }
-        };
-    let status = |routing: &Option<RoutingAgent>, proxy: &Option<ServiceProxy>| {
+    let mut on_snapshot = |s: &Snapshot,
+                           routing: &mut Option<RoutingAgent>,
+                           proxy: &mut Option<ServiceProxy>,
+                           policy: &mut Option<PolicyAgent>| {
+        if let Some(r) = routing.as_mut() {
+            let _ = r.reconcile(s);
+        }
+        if let Some(p) = proxy.as_mut() {
+            let _ = p.reconcile(s);
+        }
+        if let Some(p) = policy.as_mut() {
+            let _ = p.reconcile(s);
+        }
+        if let Some(c) = cni.as_mut()
+            && (s.changed.touches(Kind::Node) || c.installed.is_none())
+        {
+            c.update(&s.state, mtu);
+        }
+    };
+    let status = |routing: &Option<RoutingAgent>,
+                  proxy: &Option<ServiceProxy>,
+                  policy: &Option<PolicyAgent>| {
         combine(
             routing.as_ref().and_then(|r| r.status()),
             proxy.as_ref().and_then(|p| p.status()),
+            policy.as_ref().and_then(|p| p.status()),
         )
     };
 
     if args.once {
         let snapshot = first_snapshot(&mut watch)?;
-        on_snapshot(&snapshot, &mut routing, &mut proxy);
-        let s = status(&routing, &proxy);
+        on_snapshot(&snapshot, &mut routing, &mut proxy, &mut policy);
+        let s = status(&routing, &proxy, &policy);
         if let Some(f) = &args.status_file {
             s.write(f);
         }
@@ -349,7 +401,7 @@ fn run_agent(args: &AgentArgs) -> Result<()> {
     let mut last: Option<AgentStatus> = None;
     watch.run(&stop, &mut |event, source| {
         match event {
-            WatchEvent::Snapshot(s) => on_snapshot(&s, &mut routing, &mut proxy),
+            WatchEvent::Snapshot(s) => on_snapshot(&s, &mut routing, &mut proxy, &mut policy),
             WatchEvent::SourceFailed(err) => {
                 if let Some(r) = routing.as_mut() {
                     r.source_failed(&err);
@@ -357,11 +409,14 @@ fn run_agent(args: &AgentArgs) -> Result<()> {
                 if let Some(p) = proxy.as_mut() {
                     p.source_failed(&err);
                 }
+                if let Some(p) = policy.as_mut() {
+                    p.source_failed(&err);
+                }
             }
             WatchEvent::Idle => {}
         }
         let source_status = source.status();
-        let mut s = status(&routing, &proxy);
+        let mut s = status(&routing, &proxy, &policy);
         if s.error.is_none()
             && let Some(e) = &source_status.error
         {
@@ -372,9 +427,14 @@ fn run_agent(args: &AgentArgs) -> Result<()> {
             .map(|r| r.status().is_some())
             .into_iter()
             .chain(proxy.as_ref().map(|p| p.status().is_some()))
+            .chain(policy.as_ref().map(|p| p.status().is_some()))
             .all(|x| x);
         if let Some(p) = proxy.as_ref() {
-            p.set_extra_metrics(source_status.render_metrics("podwire_agent_source"));
+            let mut extra = source_status.render_metrics("podwire_agent_source");
+            if let Some(pol) = policy.as_ref() {
+                extra.push_str(&pol.metrics());
+            }
+            p.set_extra_metrics(extra);
             let not_ready = if !synced {
                 Some(format!(
                     "no cluster state yet from {}{}",
@@ -405,6 +465,9 @@ fn run_agent(args: &AgentArgs) -> Result<()> {
         if let Some(p) = proxy.as_mut() {
             wait = wait.min(p.tick());
         }
+        if let Some(p) = policy.as_mut() {
+            wait = wait.min(p.tick());
+        }
         wait
     });
     Ok(())
@@ -432,12 +495,20 @@ mod tests {
 
     #[test]
     fn combined_status_names_the_failing_part() {
-        let s = combine(Some(&r(5, true)), Some(&p(4, true)));
+        let s = combine(Some(&r(5, true)), Some(&p(4, true)), None);
         assert_eq!((s.generation, s.ok), (4, true));
-        let s = combine(Some(&r(5, true)), Some(&p(5, false)));
+        let s = combine(Some(&r(5, true)), Some(&p(5, false)), None);
         assert!(!s.ok);
         assert_eq!(s.error.as_deref(), Some("service proxy: no table"));
-        let s = combine(None, Some(&p(7, true)));
+        let s = combine(None, Some(&p(7, true)), None);
         assert_eq!((s.generation, s.ok), (7, true), "routing off");
+        let bad = PolicyStatus {
+            generation: 6,
+            ok: false,
+            error: Some("no table".into()),
+        };
+        let s = combine(Some(&r(7, true)), Some(&p(7, true)), Some(&bad));
+        assert_eq!((s.generation, s.ok), (6, false));
+        assert_eq!(s.error.as_deref(), Some("network policy: no table"));
     }
 }
