@@ -106,6 +106,9 @@ pub fn render(state: &ClusterState, query: &Query) -> Result<String> {
             in_namespace(&state.endpoint_slices, query, Object::EndpointSlice)
         }
         "ingress" | "ingresses" | "ing" => in_namespace(&state.ingresses, query, Object::Ingress),
+        "networkpolicies" | "networkpolicy" | "netpol" => {
+            in_namespace(&state.network_policies, query, Object::NetworkPolicy)
+        }
         "deployments" | "deployment" | "deploy" => {
             in_namespace(&state.deployments, query, Object::Deployment)
         }
@@ -124,7 +127,7 @@ pub fn render(state: &ClusterState, query: &Query) -> Result<String> {
             .collect(),
         other => {
             return Err(LabError::Invalid(format!(
-                "unknown resource {other:?}: use nodes, pods, svc, endpoints, ingress, ingressclasses, secrets, deployments or namespaces"
+                "unknown resource {other:?}: use nodes, pods, svc, endpoints, ingress, ingressclasses, networkpolicies, secrets, deployments or namespaces"
             )));
         }
     };
@@ -376,6 +379,49 @@ pub fn render(state: &ClusterState, query: &Query) -> Result<String> {
                     age(s.metadata.creation_timestamp.as_ref()),
                 ];
                 ns_col(s.metadata.namespace.clone().unwrap_or_default(), &mut row);
+                rows.push(row);
+            }
+        }
+        Some(Object::NetworkPolicy(_)) => {
+            // As kubectl: NAME, POD-SELECTOR, AGE.
+            let mut head: Vec<String> = ["NAME", "POD-SELECTOR", "AGE"]
+                .into_iter()
+                .map(String::from)
+                .collect();
+            ns_col("NAMESPACE".into(), &mut head);
+            rows.push(head);
+            for o in &objects {
+                let Object::NetworkPolicy(p) = o else {
+                    continue;
+                };
+                let selector = p.spec.as_ref().and_then(|s| s.pod_selector.as_ref());
+                let mut terms: Vec<String> = selector
+                    .and_then(|s| s.match_labels.as_ref())
+                    .map(|m| m.iter().map(|(k, v)| format!("{k}={v}")).collect())
+                    .unwrap_or_default();
+                for e in selector
+                    .and_then(|s| s.match_expressions.as_ref())
+                    .into_iter()
+                    .flatten()
+                {
+                    let values = e.values.clone().unwrap_or_default().join(",");
+                    terms.push(match e.operator.as_str() {
+                        "In" => format!("{} in ({values})", e.key),
+                        "NotIn" => format!("{} notin ({values})", e.key),
+                        "Exists" => e.key.clone(),
+                        _ => format!("!{}", e.key),
+                    });
+                }
+                let mut row = vec![
+                    p.metadata.name.clone().unwrap_or_default(),
+                    if terms.is_empty() {
+                        "<none>".into()
+                    } else {
+                        terms.join(",")
+                    },
+                    age(p.metadata.creation_timestamp.as_ref()),
+                ];
+                ns_col(p.metadata.namespace.clone().unwrap_or_default(), &mut row);
                 rows.push(row);
             }
         }
