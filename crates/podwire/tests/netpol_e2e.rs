@@ -474,18 +474,20 @@ fn network_policy_matrix() {
         "keep",
         "{podSelector: {matchLabels: {pod: a}}, ingress: [{from: [{podSelector: {matchLabels: {pod: b}}, namespaceSelector: {matchLabels: {ns: y}}}]}]}",
     );
+    // `lab apply` returns once every agent reports the new revision, so
+    // its duration bounds how long the update takes to be in effect.
     let t0 = Instant::now();
     net.apply(&deny_z);
-    let z_blocked = poll(Duration::from_secs(5), || {
-        (!probe_from(&net.lab.pod_netns("y", "c"), vec![("tcp".into(), target)])[0]).then_some(())
-    });
     let took = t0.elapsed();
-    assert!(z_blocked.is_some(), "y/c is refused after the update");
+    assert!(
+        !probe_from(&net.lab.pod_netns("y", "c"), vec![("tcp".into(), target)])[0],
+        "y/c is refused as soon as `lab apply` returns"
+    );
     eprintln!(
-        "policy update in effect {:.0} ms after `lab apply` started",
+        "policy update in effect when `lab apply` returned, {:.0} ms after it started",
         took.as_secs_f64() * 1000.0
     );
-    assert!(took < Duration::from_secs(3), "update took {took:?}");
+    assert!(took < Duration::from_secs(1), "update took {took:?}");
     assert!(
         request(&mut conn),
         "the open connection of y/b survives the update"
