@@ -3,8 +3,8 @@
 //! bridged to each other; br1: 10.244.2.0/24 standing in for another
 //! node's pods, routed through the node), TCP and UDP echo servers on 80
 //! and 81 in every pod. Checks default deny, allows by pod and port,
-//! egress, node-to-pod traffic, established connections across a policy
-//! change, counters, the denied-connection log and re-assertion of a
+//! egress, pod label changes, node-to-pod traffic, established
+//! connections across a policy change, counters, the denied-connection log and re-assertion of a
 //! deleted table. Every namespace is removed when the test ends, even on
 //! failure. Needs root.
 
@@ -150,6 +150,12 @@ impl World {
             )
             .expect("policy"),
         ));
+    }
+
+    fn relabel(&mut self, ns: &str, name: &str, labels: Value) {
+        let key = (ns.to_string(), name.to_string());
+        let pod = self.state.pods.get_mut(&key).expect("pod");
+        pod.metadata.labels = serde_json::from_value(labels).expect("labels");
     }
 
     fn remove_policy(&mut self, ns: &str, name: &str) {
@@ -396,4 +402,31 @@ fn a_deleted_table_comes_back_with_a_full_sync() {
     w.sync(&mut engine);
     assert!(!w.reach("x-b", "tcp", XA, 80));
     assert!(w.reach("x-a", "tcp", YR, 80), "egress stays open");
+}
+
+#[test]
+fn pod_label_changes_move_grants_and_isolation() {
+    let mut w = world("l");
+    let mut engine = Engine::new(None);
+    w.policy(
+        "x",
+        "from-frontend",
+        json!({"podSelector": {"matchLabels": {"pod": "a"}},
+               "ingress": [{"from": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"role": "frontend"}}}]}]}),
+    );
+    w.sync(&mut engine);
+    assert!(!w.reach("y-r", "tcp", XA, 80));
+    w.relabel("y", "r", json!({"pod": "r", "role": "frontend"}));
+    w.sync(&mut engine);
+    assert!(w.reach("y-r", "tcp", XA, 80), "r became a frontend");
+    assert!(!w.reach("x-b", "tcp", XA, 80));
+    // The selected pod loses its label: it is no longer isolated.
+    w.relabel("x", "a", json!({"pod": "a2"}));
+    w.sync(&mut engine);
+    assert!(w.reach("x-b", "tcp", XA, 80));
+    // b gains it: b is isolated now, r still admitted.
+    w.relabel("x", "b", json!({"pod": "a"}));
+    w.sync(&mut engine);
+    assert!(!w.reach("x-a", "tcp", XB, 80));
+    assert!(w.reach("y-r", "tcp", XB, 81));
 }
