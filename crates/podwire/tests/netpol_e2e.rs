@@ -514,5 +514,47 @@ fn network_policy_matrix() {
     net.expect("bad policy rejected, from-y enforced", |s, d, _, _| {
         ns_of(d) != "x" || ns_of(s) == "y" || s == d
     });
+    let plan = net
+        .lab
+        .exec_node(
+            "node01",
+            &[
+                podwire(),
+                "agent",
+                "plan",
+                "--node",
+                "node01",
+                "--source",
+                &format!("files:{LABS_ROOT}/{}/cluster", net.lab.name),
+            ],
+        )
+        .expect_ok();
+    assert!(
+        plan.stdout.contains("# policy x/bad")
+            && plan
+                .stdout
+                .contains("REJECTED: ingress[0]: peer 0: ipBlock \"10.0.0.0/40\" is not a CIDR")
+            && plan.stdout.contains("table inet podwire-policy")
+            && plan
+                .stdout
+                .contains("add chain inet podwire-policy forward"),
+        "{}",
+        plan.describe()
+    );
+    // /metrics: policies by state, drops in the name of x/from-y (the
+    // first policy by name isolating x/a, x/c) once counters are read.
+    let metrics = poll(Duration::from_secs(10), || {
+        let m = net
+            .lab
+            .exec_node(
+                "node01",
+                &["curl", "-s", "-m", "2", "http://127.0.0.1:10249/metrics"],
+            )
+            .stdout;
+        (m.contains("podwire_policy_policies{state=\"rejected\"} 1")
+            && m.contains("podwire_policy_drops_total{namespace=\"x\",policy=\"from-y\",direction=\"ingress\"}"))
+        .then_some(m)
+    });
+    assert!(metrics.is_some(), "no policy metrics on node01");
     eprintln!("all cases in {:.1} s", started.elapsed().as_secs_f64());
 }
