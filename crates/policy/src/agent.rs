@@ -90,14 +90,14 @@ impl PolicyAgent {
     /// with a log group, the nflog socket is bound.
     pub fn new(opts: PolicyOptions) -> Result<PolicyAgent, PolicyError> {
         if std::path::Path::new("/proc/sys/net/bridge").exists() {
-            podwire_kernel::sysctl::ensure("net/bridge/bridge-nf-call-iptables", "1").map_err(
-                |e| {
-                    PolicyError::kernel(
-                        "turning on bridge-nf-call-iptables (same-node pod traffic)",
-                        e,
-                    )
-                },
-            )?;
+            if let Err(e) =
+                podwire_kernel::sysctl::ensure("net/bridge/bridge-nf-call-iptables", "1")
+            {
+                tracing::warn!(
+                    error = %e,
+                    "cannot turn on bridge-nf-call-iptables: traffic between pods of one node may bypass NetworkPolicy"
+                );
+            }
         } else {
             tracing::warn!(
                 "br_netfilter is not loaded: traffic between pods of one node bypasses NetworkPolicy (modprobe br_netfilter)"
