@@ -502,7 +502,9 @@ fn measure(args: &Args) -> Result<Report> {
     }
     let mut report = report(args, &samples, files)?;
     if kube {
-        report.labs.push(lab_times("vxlan", "kubernetes", &kube_samples)?);
+        report
+            .labs
+            .push(lab_times("vxlan", "kubernetes", &kube_samples)?);
     }
     Ok(report)
 }

@@ -16,7 +16,9 @@ use crate::{Netlink, Result};
 pub struct RouteDecision {
     /// `unicast`, `local`, `unreachable`, `blackhole`, `prohibit`, ...
     pub kind: String,
-    pub table: u32,
+    /// The routing table that decided; `None` when the kernel refused the
+    /// lookup (it names the route type, not its table).
+    pub table: Option<u32>,
     pub gateway: Option<IpAddr>,
     pub oif: Option<u32>,
     pub prefsrc: Option<IpAddr>,
@@ -61,6 +63,32 @@ impl Netlink {
         iif: Option<u32>,
         mark: Option<u32>,
     ) -> Result<RouteDecision> {
+        match self.route_lookup(dst, src, iif, mark) {
+            Ok(decision) => Ok(decision),
+            // A route that refuses the packet (unreachable, prohibit,
+            // blackhole, throw) makes the lookup itself fail, even with
+            // `fibmatch`; the kernel's errno names the route type (its
+            // fib_props table), so that is what we report.
+            Err(err) => match refusing_route_kind(&err) {
+                Some(kind) => Ok(RouteDecision {
+                    kind: kind.into(),
+                    table: None,
+                    gateway: None,
+                    oif: None,
+                    prefsrc: None,
+                }),
+                None => Err(err),
+            },
+        }
+    }
+
+    fn route_lookup(
+        &mut self,
+        dst: IpAddr,
+        src: Option<IpAddr>,
+        iif: Option<u32>,
+        mark: Option<u32>,
+    ) -> Result<RouteDecision> {
         let mut msg = RouteMessage::default();
         msg.header.address_family = match dst {
             IpAddr::V4(_) => AddressFamily::Inet,
@@ -87,17 +115,17 @@ impl Netlink {
         )?;
         let mut decision = RouteDecision {
             kind: "unspec".into(),
-            table: u32::from(RouteHeader::RT_TABLE_MAIN),
+            table: Some(u32::from(RouteHeader::RT_TABLE_MAIN)),
             gateway: None,
             oif: None,
             prefsrc: None,
         };
         if let Some(RouteNetlinkMessage::NewRoute(reply)) = replies.into_iter().next() {
             decision.kind = kind_name(reply.header.kind);
-            decision.table = u32::from(reply.header.table);
+            decision.table = Some(u32::from(reply.header.table));
             for a in &reply.attributes {
                 match a {
-                    RouteAttribute::Table(t) => decision.table = *t,
+                    RouteAttribute::Table(t) => decision.table = Some(*t),
                     RouteAttribute::Gateway(g) => decision.gateway = addr(g),
                     RouteAttribute::Oif(o) => decision.oif = Some(*o),
                     RouteAttribute::PrefSource(p) => decision.prefsrc = addr(p),
@@ -106,5 +134,20 @@ impl Netlink {
             }
         }
         Ok(decision)
+    }
+}
+
+/// The route type whose lookup fails with this error (`ENETUNREACH`, no
+/// route at all, is not one: nothing matched).
+fn refusing_route_kind(err: &crate::Error) -> Option<&'static str> {
+    let crate::Error::Netlink { source, .. } = err else {
+        return None;
+    };
+    match source.raw_os_error()? {
+        libc::EHOSTUNREACH => Some("unreachable"),
+        libc::EACCES => Some("prohibit"),
+        libc::EINVAL => Some("blackhole"),
+        libc::EAGAIN => Some("throw"),
+        _ => None,
     }
 }

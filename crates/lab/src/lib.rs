@@ -31,6 +31,7 @@ pub mod stamp;
 pub mod supervisor;
 pub mod teardown;
 pub mod topology;
+pub mod trace;
 
 use std::os::unix::process::CommandExt;
 use std::path::Path;

@@ -79,6 +79,23 @@ enum LabCmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Send a real probe from SRC (a pod, a node or `external`) to DEST (a
+    /// pod, a Service name, an IP or a hostname) and report, hop by hop,
+    /// what the kernel did with it (nftables trace events).
+    Trace {
+        src: String,
+        /// DEST[:PORT] (port 80 when omitted).
+        dest: String,
+        /// tcp (a SYN), udp or icmp.
+        #[arg(long, default_value = "tcp")]
+        proto: String,
+        /// Also print the plan-level view (the Service, its endpoints).
+        #[arg(long)]
+        explain: bool,
+        /// Seconds to wait for an answer.
+        #[arg(long, default_value_t = 2.0)]
+        timeout: f64,
+    },
     /// List the labs on this machine.
     List,
     /// Print the built-in example manifest.
@@ -217,6 +234,22 @@ pub fn run(args: LabArgs) -> Result<()> {
                 "{}",
                 podwire_lab::logs(name, &namespace, &pod, container.as_deref())?
             );
+        }
+        LabCmd::Trace {
+            src,
+            dest,
+            proto,
+            explain,
+            timeout,
+        } => {
+            let request = podwire_lab::trace::TraceRequest {
+                src,
+                dest,
+                proto: podwire_lab::trace::Proto::parse(&proto)?,
+                explain,
+                timeout: std::time::Duration::from_secs_f64(timeout.clamp(0.1, 60.0)),
+            };
+            print!("{}", podwire_lab::trace::trace(name, &request)?);
         }
         LabCmd::List => {
             for lab in podwire_lab::paths::list_labs() {
