@@ -131,7 +131,7 @@ fn the_lab_is_a_real_cluster_that_kubectl_drives() {
     let kubeconfig = lab.dir().join("kubeconfig");
     assert!(
         up.stdout
-            .contains(&format!("export KUBECONFIG={}", kubeconfig.display())),
+            .contains(&format!("export KUBECONFIG={} PATH=", kubeconfig.display())),
         "lab up must say how to use kubectl: {}",
         up.stdout
     );

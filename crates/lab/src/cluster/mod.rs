@@ -275,7 +275,7 @@ impl KubeLab {
         self.wait_ready(progress)?;
         Ok(format!(
             "lab {} is up in {:.1} s: {} nodes, Kubernetes control plane {} at {} ({} routing)\n\
-             \n  export KUBECONFIG={}\n  kubectl get pods -A -o wide      # or: podwire lab kubectl{} -- get pods -A -o wide",
+             \n  export KUBECONFIG={} PATH={}:$PATH\n  kubectl get pods -A -o wide      # or: podwire lab kubectl{} -- get pods -A -o wide",
             self.paths.name,
             started.elapsed().as_secs_f64(),
             self.plan.nodes.len(),
@@ -286,6 +286,7 @@ impl KubeLab {
                 RoutingMode::Vxlan => "vxlan",
             },
             user_kubeconfig(&self.paths).display(),
+            self.bin.display(),
             if self.paths.name == "lab" {
                 String::new()
             } else {
