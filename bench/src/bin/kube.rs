@@ -17,6 +17,10 @@
 
 #[path = "../kube_env.rs"]
 mod kube_env;
+#[path = "../kube_memory.rs"]
+mod kube_memory;
+#[path = "../kube_report.rs"]
+mod kube_report;
 
 use std::net::SocketAddrV4;
 use std::sync::Arc;
@@ -28,9 +32,9 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::Api;
 use kube_env::{Component, Env, Options, Poller, Probe};
+use kube_memory::{dns_pods, memory_rows, service_memory_rows};
+use kube_report::*;
 use podwire_bench::ns::{self, check_interrupted};
-use podwire_bench::stats::Summary;
-use serde::Serialize;
 
 const USAGE: &str = "\
 usage: kube [--quick] [--runs N] [--sync-runs N] [--pods N] [--min-sync-zero] [--json]
@@ -121,120 +125,6 @@ fn parse_args() -> Result<Args> {
         }
     }
     Ok(a)
-}
-
-// ---------------------------------------------------------------- report
-
-/// min / median / p99 (nearest rank) / max of a series.
-#[derive(Debug, Clone, Copy, Serialize)]
-struct Dist {
-    runs: usize,
-    min: f64,
-    median: f64,
-    p99: f64,
-    max: f64,
-}
-
-impl Dist {
-    fn of(values: &[f64]) -> Option<Dist> {
-        let s = Summary::of(values)?;
-        let mut v = values.to_vec();
-        v.sort_by(f64::total_cmp);
-        let rank = ((0.99 * v.len() as f64).ceil() as usize).clamp(1, v.len());
-        Some(Dist {
-            runs: s.runs,
-            min: s.min,
-            median: s.median,
-            p99: v[rank - 1],
-            max: s.max,
-        })
-    }
-}
-
-#[derive(Debug, Serialize)]
-struct Row {
-    name: String,
-    unit: &'static str,
-    podwire: Option<Dist>,
-    kube_proxy: Option<Dist>,
-    /// kube-proxy / podwire: the median of per-run ratios where runs are
-    /// paired (same write), else the ratio of medians.
-    ratio: Option<f64>,
-    target: Option<String>,
-    met: Option<bool>,
-}
-
-impl Row {
-    fn new(name: impl Into<String>, unit: &'static str) -> Row {
-        Row {
-            name: name.into(),
-            unit,
-            podwire: None,
-            kube_proxy: None,
-            ratio: None,
-            target: None,
-            met: None,
-        }
-    }
-
-    fn podwire(mut self, v: &[f64]) -> Row {
-        self.podwire = Dist::of(v);
-        self
-    }
-
-    fn kube_proxy(mut self, v: &[f64]) -> Row {
-        self.kube_proxy = Dist::of(v);
-        if self.ratio.is_none()
-            && let (Some(p), Some(k)) = (self.podwire, self.kube_proxy)
-            && p.median > 0.0
-        {
-            self.ratio = Some(k.median / p.median);
-        }
-        self
-    }
-
-    fn paired_ratio(mut self, podwire: &[Option<f64>], peer: &[Option<f64>]) -> Row {
-        let ratios: Vec<f64> = podwire
-            .iter()
-            .zip(peer)
-            .filter_map(|(p, k)| match (p, k) {
-                (Some(p), Some(k)) if *p > 0.0 => Some(k / p),
-                _ => None,
-            })
-            .collect();
-        self.ratio = Summary::of(&ratios).map(|s| s.median);
-        self
-    }
-
-    fn target(mut self, text: impl Into<String>, met: bool) -> Row {
-        self.target = Some(text.into());
-        self.met = Some(met);
-        self
-    }
-}
-
-#[derive(Debug, Serialize)]
-struct Report {
-    setup: Vec<String>,
-    rows: Vec<Row>,
-    notes: Vec<String>,
-    legend: Vec<String>,
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
-fn some(v: &[Option<f64>]) -> Vec<f64> {
-    v.iter().flatten().copied().collect()
-}
-
-fn k(n: usize) -> String {
-    if n >= 1000 && n.is_multiple_of(1000) {
-        format!("{}k", n / 1000)
-    } else {
-        n.to_string()
-    }
 }
 
 // ---------------------------------------------------------------- steps
@@ -337,21 +227,6 @@ fn wait_all(
     Ok(out)
 }
 
-/// What one +1 run measured, in ms.
-#[derive(Default)]
-struct Run {
-    api: Option<f64>,
-    podwire: Option<f64>,
-    kube_proxy: Option<f64>,
-    kube_proxy0: Option<f64>,
-    dns: Option<f64>,
-    ingress: Option<f64>,
-    podwire_apply: Option<f64>,
-    kube_proxy_sync: Option<f64>,
-    /// The EndpointSlice written after its Service.
-    ep: Option<Timed>,
-}
-
 fn file_len(path: &std::path::Path) -> u64 {
     std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
 }
@@ -400,19 +275,6 @@ fn unix_now() -> f64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0)
-}
-
-/// What a write measured against the proxies, in ms from just before the
-/// request: (API round trip, podwire, kube-proxy, kube-proxy min-sync 0,
-/// extra probes..., podwire's apply ms=, kube-proxy's sync ms).
-struct Timed {
-    api: f64,
-    podwire: Option<f64>,
-    kube_proxy: Option<f64>,
-    kube_proxy0: Option<f64>,
-    extra: Vec<Option<f64>>,
-    podwire_apply: Option<f64>,
-    kube_proxy_sync: Option<f64>,
 }
 
 /// Starts a connect probe to `addr` on every node (and `extra` probes),
@@ -552,53 +414,6 @@ fn add_one(env: &Env, index: usize) -> Result<Run> {
     Ok(run)
 }
 
-/// RSS samples (MB) of a component and its peak.
-fn rss(env: &mut Env, c: Component, samples: usize) -> Result<(Vec<f64>, f64)> {
-    let pid = env.pid(c)?;
-    let mut v = Vec::new();
-    let mut peak = 0.0;
-    for i in 0..samples {
-        if i > 0 {
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        let (r, hwm) = kube_env::rss_mb(pid)?;
-        v.push(r);
-        peak = hwm;
-    }
-    Ok((v, peak))
-}
-
-fn memory_rows(env: &mut Env, label: &str, report: &mut Report) -> Result<()> {
-    let (agent, agent_peak) = rss(env, Component::Agent, 5)?;
-    let (kp, kp_peak) = rss(env, Component::KubeProxy, 5)?;
-    report.rows.push(
-        Row::new(format!("RSS {label}: agent vs kube-proxy"), "MB")
-            .podwire(&agent)
-            .kube_proxy(&kp),
-    );
-    report.rows.push(
-        Row::new(format!("  peak RSS {label} (VmHWM)"), "MB")
-            .podwire(&[agent_peak])
-            .kube_proxy(&[kp_peak]),
-    );
-    Ok(())
-}
-
-fn service_memory_rows(env: &mut Env, label: &str, report: &mut Report) -> Result<()> {
-    let (dns, dns_peak) = rss(env, Component::Dns, 5)?;
-    let (ing, ing_peak) = rss(env, Component::Ingress, 5)?;
-    report
-        .rows
-        .push(Row::new(format!("RSS {label}: podwire dns"), "MB").podwire(&dns));
-    report.notes.push(format!(
-        "podwire dns peak RSS {label}: {dns_peak:.1} MB; podwire ingress peak {ing_peak:.1} MB"
-    ));
-    report
-        .rows
-        .push(Row::new(format!("RSS {label}: podwire ingress"), "MB").podwire(&ing));
-    Ok(())
-}
-
 /// Restarts the agent on a node whose proxy table was removed: (s until a
 /// connect to `addr` works, s until its status file says ok).
 fn restart_agent(env: &mut Env, addr: SocketAddrV4) -> Result<(f64, f64)> {
@@ -687,202 +502,6 @@ fn restart_kube_proxy(env: &mut Env, addr: SocketAddrV4) -> Result<(f64, f64)> {
         connected.saturating_duration_since(t0).as_secs_f64(),
         reported.as_secs_f64(),
     ))
-}
-
-/// The DNS memory test: `pods` pods with addresses, then a restart of
-/// podwire dns to time its zone load.
-fn dns_pods(
-    env: &mut Env,
-    pods: usize,
-    services: usize,
-    last: &str,
-    report: &mut Report,
-) -> Result<()> {
-    eprintln!("creating {pods} pods with status.podIP through the API (this takes minutes)");
-    let took = env.api.create_pods(0, pods)?;
-    report.notes.push(format!(
-        "creating {pods} pods + their pods/status: {:.0} s ({:.0} writes/s)",
-        took.as_secs_f64(),
-        pods as f64 * 2.0 / took.as_secs_f64()
-    ));
-    // The running server has them once its zone stops changing.
-    let started = Instant::now();
-    let mut last_gen = None;
-    let mut stable_since = Instant::now();
-    while started.elapsed() < Duration::from_secs(300) {
-        check_interrupted()?;
-        let generation = env
-            .metrics(Component::Dns)
-            .ok()
-            .and_then(|m| kube_env::metric(&m, "podwire_dns_zone_generation"));
-        if generation != last_gen {
-            last_gen = generation;
-            stable_since = Instant::now();
-        } else if stable_since.elapsed() > Duration::from_secs(3) {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let label = format!("{} svc + {} pods", k(services), k(pods));
-    let (running, running_peak) = rss(env, Component::Dns, 5)?;
-    let running_med = Summary::of(&running).map_or(0.0, |s| s.median);
-    report.rows.push(
-        Row::new(format!("RSS {label}: podwire dns (grown by watch)"), "MB")
-            .podwire(&running)
-            .target(
-                format!("<={DNS_RSS_TARGET_MB:.0} MB"),
-                running_med <= DNS_RSS_TARGET_MB,
-            ),
-    );
-    eprintln!("restarting podwire dns with {label}");
-    env.stop(Component::Dns);
-    let stop = Arc::new(AtomicBool::new(false));
-    let p = Poller::start(
-        env.svc.path(),
-        Probe::Dns {
-            server: kube_env::DNS_ADDR.parse()?,
-            name: kube_env::dns_name(last),
-        },
-        Duration::from_millis(5),
-        Duration::from_secs(300),
-        stop,
-    );
-    let t0 = Instant::now();
-    env.spawn(Component::Dns)?;
-    let loaded = p
-        .wait()?
-        .context("the restarted podwire dns never answered")?;
-    let load_s = loaded.saturating_duration_since(t0).as_secs_f64();
-    std::thread::sleep(Duration::from_secs(2));
-    let (fresh, fresh_peak) = rss(env, Component::Dns, 5)?;
-    let fresh_med = Summary::of(&fresh).map_or(0.0, |s| s.median);
-    report.rows.push(
-        Row::new(format!("RSS {label}: podwire dns after a restart"), "MB")
-            .podwire(&fresh)
-            .target(
-                format!("<={DNS_RSS_TARGET_MB:.0} MB"),
-                fresh_med <= DNS_RSS_TARGET_MB,
-            ),
-    );
-    report.rows.push(
-        Row::new(format!("  peak RSS {label}: dns grown / restarted"), "MB")
-            .podwire(&[running_peak, fresh_peak]),
-    );
-    report.rows.push(
-        Row::new(format!("zone load at {label}: dns start -> answers"), "s").podwire(&[load_s]),
-    );
-    Ok(())
-}
-
-/// The rows of one scale's +1 runs.
-fn scale_rows(scale: usize, runs: &[Run], min_sync_zero: bool, report: &mut Report) {
-    let col = |f: &dyn Fn(&Run) -> Option<f64>| runs.iter().map(f).collect::<Vec<_>>();
-    let ep = |f: fn(&Timed) -> Option<f64>| col(&|r: &Run| r.ep.as_ref().and_then(f));
-    let series: [(&str, Vec<Option<f64>>); 6] = [
-        ("podwire (Service write)", col(&|r| r.podwire)),
-        ("kube-proxy (Service write)", col(&|r| r.kube_proxy)),
-        ("podwire (slice write)", ep(|t| t.podwire)),
-        ("kube-proxy (slice write)", ep(|t| t.kube_proxy)),
-        ("dns", col(&|r| r.dns)),
-        ("ingress", col(&|r| r.ingress)),
-    ];
-    let timeouts: Vec<String> = series
-        .iter()
-        .map(|(n, v)| (n, v.iter().filter(|x| x.is_none()).count()))
-        .filter(|(_, c)| *c > 0)
-        .map(|(n, c)| format!("{n}: {c}"))
-        .collect();
-    if !timeouts.is_empty() {
-        report.notes.push(format!(
-            "at {}: probes that never succeeded within {PROBE_LIMIT:?}: {}",
-            k(scale),
-            timeouts.join(", ")
-        ));
-    }
-    let add_row = |name: String, pw: &[Option<f64>], kp: &[Option<f64>]| {
-        let mut row = Row::new(name, "ms")
-            .podwire(&some(pw))
-            .kube_proxy(&some(kp))
-            .paired_ratio(pw, kp);
-        if let (Some(p), Some(ratio)) = (row.podwire, row.ratio) {
-            row = row.target(
-                format!("<={ADD_TARGET_MS:.0} ms, >={ADD_RATIO_TARGET:.0}x"),
-                p.median <= ADD_TARGET_MS && ratio >= ADD_RATIO_TARGET,
-            );
-        }
-        row
-    };
-    let after = |api: &dyn Fn(&Run) -> Option<f64>, e2e: &dyn Fn(&Run) -> Option<f64>| {
-        runs.iter()
-            .filter_map(|r| Some(e2e(r)? - api(r)?))
-            .collect::<Vec<_>>()
-    };
-    let (pw, kp) = (&series[0].1, &series[1].1);
-    report.rows.push(add_row(
-        format!("+1 Service at {}: Service write -> connect", k(scale)),
-        pw,
-        kp,
-    ));
-    report.rows.push(
-        Row::new("  after the create call returned", "ms")
-            .podwire(&after(&|r| r.api, &|r| r.podwire))
-            .kube_proxy(&after(&|r| r.api, &|r| r.kube_proxy)),
-    );
-    report.rows.push(
-        Row::new("  the proxy's own apply (log ms= / metrics)", "ms")
-            .podwire(&some(&col(&|r| r.podwire_apply)))
-            .kube_proxy(&some(&col(&|r| r.kube_proxy_sync))),
-    );
-    report
-        .rows
-        .push(Row::new("  API round trip of the create", "ms").podwire(&some(&col(&|r| r.api))));
-    if min_sync_zero {
-        report.rows.push(
-            Row::new("  vs kube-proxy --iptables-min-sync-period=0", "ms")
-                .podwire(&some(pw))
-                .kube_proxy(&some(&col(&|r| r.kube_proxy0)))
-                .paired_ratio(pw, &col(&|r| r.kube_proxy0)),
-        );
-    }
-    let (pw, kp) = (&series[2].1, &series[3].1);
-    report.rows.push(add_row(
-        format!("+1 Service at {}: slice write -> connect", k(scale)),
-        pw,
-        kp,
-    ));
-    let ep_api = |r: &Run| r.ep.as_ref().map(|t| t.api);
-    report.rows.push(
-        Row::new("  after the create call returned", "ms")
-            .podwire(&after(&ep_api, &|r| r.ep.as_ref()?.podwire))
-            .kube_proxy(&after(&ep_api, &|r| r.ep.as_ref()?.kube_proxy)),
-    );
-    report.rows.push(
-        Row::new("  the proxy's own apply (log ms= / metrics)", "ms")
-            .podwire(&some(&ep(|t| t.podwire_apply)))
-            .kube_proxy(&some(&ep(|t| t.kube_proxy_sync))),
-    );
-    report.rows.push(
-        Row::new("  API round trip of the create", "ms").podwire(&some(&ep(|t| Some(t.api)))),
-    );
-    if min_sync_zero {
-        let kp0 = ep(|t| t.kube_proxy0);
-        report.rows.push(
-            Row::new("  vs kube-proxy --iptables-min-sync-period=0", "ms")
-                .podwire(&some(pw))
-                .kube_proxy(&some(&kp0))
-                .paired_ratio(pw, &kp0),
-        );
-    }
-    let dns = some(&series[4].1);
-    let dns_med = Summary::of(&dns).map_or(f64::INFINITY, |s| s.median);
-    report.rows.push(
-        Row::new(format!("DNS new Service at {}", k(scale)), "ms")
-            .podwire(&dns)
-            .target(format!("<={DNS_TARGET_MS:.0} ms"), dns_med <= DNS_TARGET_MS),
-    );
-    report.rows.push(
-        Row::new(format!("ingress new route at {}", k(scale)), "ms").podwire(&some(&series[5].1)),
-    );
 }
 
 fn measure(args: &Args, env: &mut Env) -> Result<Report> {
@@ -1037,55 +656,6 @@ fn measure(args: &Args, env: &mut Env) -> Result<Report> {
         format!("p99 is nearest-rank: with {} runs it is the max.", args.runs),
     ];
     Ok(report)
-}
-
-fn print_table(r: &Report) {
-    println!();
-    for s in &r.setup {
-        println!("{s}");
-    }
-    println!(
-        "\n{:<48} {:>5} {:>38}   {:>38}   {:>7}  target",
-        "",
-        "",
-        "podwire: min / median / p99 / max",
-        "kube-proxy: min / median / p99 / max",
-        "ratio"
-    );
-    let cell = |d: Option<Dist>| match d {
-        Some(d) => {
-            let p = if d.max >= 100.0 { 0 } else { 1 };
-            let p = if d.max < 10.0 { 2 } else { p };
-            format!(
-                "{:>9.p$} {:>9.p$} {:>9.p$} {:>9.p$}",
-                d.min, d.median, d.p99, d.max
-            )
-        }
-        None => format!("{:>39}", "-"),
-    };
-    for row in &r.rows {
-        let target = match (&row.target, row.met) {
-            (Some(t), Some(m)) => format!("{t} {}", if m { "met" } else { "MISSED" }),
-            _ => String::new(),
-        };
-        println!(
-            "{:<48} {:>5} {}   {}   {:>7}  {}",
-            row.name,
-            row.unit,
-            cell(row.podwire),
-            cell(row.kube_proxy),
-            row.ratio.map_or("-".into(), |x| format!("{x:.1}x")),
-            target
-        );
-    }
-    println!();
-    for n in &r.notes {
-        println!("note: {n}");
-    }
-    println!();
-    for l in &r.legend {
-        println!("- {l}");
-    }
 }
 
 /// Copies the plain files of `from` into `to` (created).

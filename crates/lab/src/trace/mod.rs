@@ -302,17 +302,14 @@ fn link_names(
                 continue;
             }
             let Some(ns) = ns_of.get(&nsid) else { continue };
-            if !sockets.contains_key(&nsid) {
-                match Netlink::in_netns(ns) {
-                    Ok(nl) => {
-                        sockets.insert(nsid, nl);
-                    }
+            let nl = match sockets.entry(nsid) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => match Netlink::in_netns(ns) {
+                    Ok(nl) => e.insert(nl),
                     Err(_) => continue,
-                }
-            }
-            if let Some(nl) = sockets.get_mut(&nsid)
-                && let Ok(Some(link)) = nl.link_by_index(idx)
-            {
+                },
+            };
+            if let Ok(Some(link)) = nl.link_by_index(idx) {
                 out.insert((nsid, idx), link.name);
             }
         }
@@ -496,7 +493,7 @@ fn verdict(
                     })
                     .map(|e| format!("{} ({}/{})", place_of(v), e.table, e.chain))
             });
-            let reset_by = visits.iter().find(|v| !v.forward).map(|v| place_of(v));
+            let reset_by = visits.iter().find(|v| !v.forward).map(&place_of);
             match (rejected, reset_by, reached) {
                 (Some(by), _, _) => format!("refused: rejected by {by} (no endpoint)"),
                 (None, _, Some((who, ip, port))) => {

@@ -354,7 +354,12 @@ mod tests {
             ip: Some("192.168.56.11".parse().unwrap()),
             ..place("node01", PlaceKind::Node)
         };
-        let found = service_of_address(&state, &[node.clone()], "10.96.0.20".parse().unwrap(), 80);
+        let found = service_of_address(
+            &state,
+            std::slice::from_ref(&node),
+            "10.96.0.20".parse().unwrap(),
+            80,
+        );
         assert_eq!(found.map(|f| f.0), key.clone());
         let found = service_of_address(&state, &[node], "192.168.56.11".parse().unwrap(), 30080);
         assert_eq!(found.map(|f| f.1), Some("nodePort 30080 (port 80)".into()));
