@@ -429,6 +429,10 @@ fn run_agent(args: &AgentArgs) -> Result<()> {
             .chain(proxy.as_ref().map(|p| p.status().is_some()))
             .chain(policy.as_ref().map(|p| p.status().is_some()))
             .all(|x| x);
+        if !synced && s.error.is_some() {
+            // Nothing is programmed yet: the error is the whole story.
+            s.ok = false;
+        }
         if let Some(p) = proxy.as_ref() {
             let mut extra = source_status.render_metrics("podwire_agent_source");
             if let Some(pol) = policy.as_ref() {
@@ -452,7 +456,10 @@ fn run_agent(args: &AgentArgs) -> Result<()> {
             };
             p.set_not_ready(not_ready);
         }
-        if synced && last.as_ref() != Some(&s) {
+        // Before the first snapshot only a failure is worth writing: it
+        // replaces whatever an earlier run left in the file, which would
+        // otherwise still say ok.
+        if (synced || s.error.is_some()) && last.as_ref() != Some(&s) {
             if let Some(f) = &args.status_file {
                 s.write(f);
             }
