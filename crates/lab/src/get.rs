@@ -594,7 +594,7 @@ mod tests {
             render(&s, &query("configmaps", None))
                 .unwrap_err()
                 .to_string()
-                .contains("ingressclasses, secrets")
+                .contains("ingressclasses, networkpolicies, secrets")
         );
     }
 }

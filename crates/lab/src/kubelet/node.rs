@@ -28,8 +28,11 @@ use super::{Ctx, KUBELET_VERSION, KubeletConfig, RUNTIME_VERSION};
 /// How often the Lease is renewed, and how long it lasts.
 const LEASE_RENEW: Duration = Duration::from_secs(10);
 const LEASE_SECONDS: i32 = 40;
-/// How often the network is checked.
+/// How often the network of a Ready node is checked.
 const CHECK_EVERY: Duration = Duration::from_secs(2);
+/// How often it is checked while the node is NotReady: a node waiting for
+/// its network plugin turns Ready soon after the plugin is there.
+const CHECK_EVERY_NOT_READY: Duration = Duration::from_millis(500);
 /// How often an unchanged status is posted anyway.
 const REPORT_EVERY: Duration = Duration::from_secs(60);
 
@@ -365,8 +368,8 @@ pub(crate) async fn lease_loop(ctx: Arc<Ctx>, node_uid: String) {
     }
 }
 
-/// Checks the network every 2 s and posts the node's status when Ready
-/// changes (at once) or every minute.
+/// Checks the network (every 2 s, every 0.5 s while NotReady) and posts
+/// the node's status when Ready changes (at once) or every minute.
 pub(crate) async fn status_loop(ctx: Arc<Ctx>) {
     let api: Api<Node> = Api::all(ctx.client.clone());
     let mut checker = Checker {
@@ -422,7 +425,13 @@ pub(crate) async fn status_loop(ctx: Arc<Ctx>) {
                 }
             }
         }
-        tokio::time::sleep(CHECK_EVERY).await;
+        let ready_now = last.as_ref().is_some_and(|(ready, _)| ready.is_ok());
+        tokio::time::sleep(if ready_now {
+            CHECK_EVERY
+        } else {
+            CHECK_EVERY_NOT_READY
+        })
+        .await;
     }
 }
 
