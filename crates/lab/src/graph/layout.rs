@@ -21,6 +21,8 @@ pub const LINE: i32 = 15;
 pub const POD_H: i32 = 34;
 const POD_GAP: i32 = 6;
 const NODE_GAP: i32 = 48;
+/// The text-free lane at a node's right edge.
+const TRACE_LANE: i32 = 28;
 const GROUP_GAP: i32 = 96;
 const SERVICE_GAP: i32 = 24;
 /// At most this many endpoints are listed in a Service's box.
@@ -254,15 +256,17 @@ pub fn layout(p: &LabPicture) -> Layout {
     }
     let rest: Vec<usize> = (0..p.nodes.len()).filter(|i| !order.contains(i)).collect();
     order.extend(rest);
+    // A node's right edge keeps a lane free of text, where a trace's path
+    // runs between the node and its pods.
     let mut node_w = 240;
     for n in &p.nodes {
         let mut lines = node_lines(n);
         lines.push(n.name.clone());
-        node_w = node_w.max(box_width(&lines, 0));
+        node_w = node_w.max(box_width(&lines, 0) + TRACE_LANE);
     }
     for pod in &p.pods {
         let (a, b) = pod_lines(pod);
-        node_w = node_w.max(box_width(&[a, b], 0) + 16);
+        node_w = node_w.max(box_width(&[a, b], 0) + 16 + TRACE_LANE);
     }
     let max_lines = p
         .nodes
@@ -473,22 +477,23 @@ pub fn layout(p: &LabPicture) -> Layout {
             }
         }
     }
-    l.footer_y = y + 10;
+    // Baseline of the first footer line, just under the last row.
+    l.footer_y = y + 4;
 
     // The trace's path through the boxes.
     if let Some(t) = &p.trace {
         for step in &t.path {
             let at = match step {
-                // A pod's right end (its text is on the left); a node just
-                // above its box, where eth0 meets the underlay: a path into
-                // and out of a node does not retrace itself or hide text.
+                // In the lane at a node's right edge (above the node's box,
+                // where eth0 meets the underlay, for the node itself): a
+                // path into and out of a node hides no text.
                 Step::Pod { namespace, name } => l
                     .pods
                     .get(&(namespace.clone(), name.clone()))
-                    .map(|r| (r.right() - 16, r.cy())),
+                    .map(|r| (r.right() + 8 - TRACE_LANE / 2, r.cy())),
                 Step::Node(n) => index
                     .get(n.as_str())
-                    .map(|&i| (l.nodes[i].right() - 28, l.nodes[i].y - 12)),
+                    .map(|&i| (l.nodes[i].right() - TRACE_LANE / 2, l.nodes[i].y - 12)),
                 Step::Router => Some((l.router.cx(), l.router.cy())),
                 Step::External => l.external.map(|r| (r.cx(), r.cy())),
                 Step::Other(_) => None,
@@ -503,7 +508,11 @@ pub fn layout(p: &LabPicture) -> Layout {
 
     let footer_lines =
         p.notes.len() as i32 + i32::from(p.pods.iter().any(|pod| pod.node.is_none()));
-    l.height = l.footer_y + footer_lines * LINE + MARGIN;
+    l.height = if footer_lines == 0 {
+        y - SERVICE_GAP + MARGIN
+    } else {
+        l.footer_y + (footer_lines - 1) * LINE + MARGIN
+    };
     l.width = content_right
         .max(l.services.iter().map(Rect::right).max().unwrap_or(0))
         .max(l.curves.iter().map(|c| c.label.0 + 60).max().unwrap_or(0))
@@ -569,7 +578,13 @@ mod tests {
         // client (pod) → node01 → node02 → web-2 (pod); Other steps are skipped.
         assert_eq!(a.trace_points.len(), 4);
         let client = a.pods[&("default".to_string(), "client".to_string())];
-        assert_eq!(a.trace_points[0], (client.right() - 16, client.cy()));
+        assert_eq!(
+            a.trace_points[0],
+            (client.right() + 8 - TRACE_LANE / 2, client.cy())
+        );
+        // node01's point is straight above, in the same lane.
+        assert_eq!(a.trace_points[1].0, a.trace_points[0].0);
+        assert!(a.trace_points[1].1 < a.nodes[1].y);
         // Endpoints: the two web pods, and the API server on controlplane's eth0.
         assert_eq!(a.endpoint_lines.len(), 3);
         assert_eq!(
