@@ -13,6 +13,7 @@ pub mod controllers;
 pub mod controlplane;
 pub mod error;
 pub mod get;
+pub mod graph;
 pub mod health;
 pub mod kubelet;
 pub mod manifest;

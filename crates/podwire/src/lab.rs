@@ -96,6 +96,21 @@ enum LabCmd {
         #[arg(long, default_value_t = 2.0)]
         timeout: f64,
     },
+    /// Draw the lab: underlays, router, external host, nodes (eth0 IP and
+    /// MAC, cni0), pods, VXLAN tunnels or host-gw routes as the nodes'
+    /// kernels hold them, Services and their endpoints; optionally a trace.
+    /// SVG on stdout, or a file (`-o lab.html`: a page embedding the SVG).
+    Graph {
+        /// Write here; the format follows the extension (.svg, .html).
+        #[arg(short = 'o', long = "output")]
+        output: Option<std::path::PathBuf>,
+        /// svg or html (default: from -o's extension, else svg).
+        #[arg(long, value_parser = ["svg", "html"])]
+        format: Option<String>,
+        /// Run `lab trace SRC DEST[:PORT]` (TCP) and draw its path.
+        #[arg(long, num_args = 2, value_names = ["SRC", "DEST"])]
+        trace: Option<Vec<String>>,
+    },
     /// List the labs on this machine.
     List,
     /// Print the built-in example manifest.
@@ -251,6 +266,11 @@ pub fn run(args: LabArgs) -> Result<()> {
             };
             print!("{}", podwire_lab::trace::trace(name, &request)?);
         }
+        LabCmd::Graph {
+            output,
+            format,
+            trace,
+        } => graph(name, output, format, trace)?,
         LabCmd::List => {
             for lab in podwire_lab::paths::list_labs() {
                 println!("{lab}");
@@ -260,6 +280,54 @@ pub fn run(args: LabArgs) -> Result<()> {
         LabCmd::Supervise => podwire_lab::supervise(name, &exe)?,
         LabCmd::Kubectl { args } => std::process::exit(podwire_lab::kubectl(name, &args)?),
         LabCmd::NodeInit { spec } => podwire_lab::node_init(&spec)?,
+    }
+    Ok(())
+}
+
+/// `lab graph`: the picture (with a trace drawn on it) to stdout or a file.
+fn graph(
+    name: &str,
+    output: Option<std::path::PathBuf>,
+    format: Option<String>,
+    trace: Option<Vec<String>>,
+) -> Result<()> {
+    use podwire_lab::graph::{self, Format};
+    let format = match (&format, &output) {
+        (Some(f), _) => Format::parse(f)?,
+        (None, Some(path)) => Format::of_path(path).unwrap_or(Format::Svg),
+        (None, None) => Format::Svg,
+    };
+    let request = match trace.as_deref() {
+        Some([src, dest]) => Some(podwire_lab::trace::TraceRequest {
+            src: src.clone(),
+            dest: dest.clone(),
+            proto: podwire_lab::trace::Proto::Tcp,
+            explain: false,
+            timeout: std::time::Duration::from_secs(2),
+        }),
+        Some(_) => bail!("--trace takes SRC and DEST[:PORT]"),
+        None => None,
+    };
+    let picture = graph::picture(name, request.as_ref())?;
+    let text = graph::render(&picture, format);
+    match output {
+        Some(path) => {
+            std::fs::write(&path, text)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            eprintln!(
+                "lab {name}: wrote {} ({} nodes, {} pods, {} services{})",
+                path.display(),
+                picture.nodes.len(),
+                picture.pods.len(),
+                picture.services.len(),
+                picture
+                    .trace
+                    .as_ref()
+                    .map(|t| format!("; trace: {}", t.verdict))
+                    .unwrap_or_default()
+            );
+        }
+        None => print!("{text}"),
     }
     Ok(())
 }
