@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod ops;
 pub mod resolv;
 pub mod server;
+pub mod tcp;
 pub mod wire;
 pub mod zone;
 
@@ -29,6 +30,7 @@ pub use cache::CacheConfig;
 pub use error::DnsError;
 pub use facts::ZoneFacts;
 pub use server::{Server, ServerConfig};
+pub use tcp::TcpConfig;
 pub use zone::{PodMode, SCHEMA_VERSION, Zone};
 
 use std::time::Instant;

@@ -17,6 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::handler::State;
 use crate::metrics::{BUCKETS, PROTOS, QTYPES, RCODES, totals};
+use crate::tcp::{Connections, Eviction};
 
 /// What the watcher reports: the generation served, reloads, failures.
 #[derive(Debug, Default)]
@@ -75,6 +76,7 @@ impl ZoneStatus {
 struct Exporter {
     state: Arc<State>,
     status: Arc<ZoneStatus>,
+    tcp: Arc<Connections>,
 }
 
 fn counter(
@@ -207,6 +209,27 @@ impl Collector for Exporter {
                 ConstGauge::new(i64::from(u.healthy())).encode(family.encode_family(&labels)?)?;
             }
         }
+        gauge(
+            &mut e,
+            "podwire_dns_tcp_connections",
+            "DNS over TCP connections open.",
+            self.tcp.open() as i64,
+        )?;
+        {
+            let mut family = e.encode_descriptor(
+                "podwire_dns_tcp_evictions",
+                "TCP connections closed to admit another: its client was at --tcp-max-per-client (per_client) or every slot was taken (full).",
+                None,
+                MetricType::Counter,
+            )?;
+            for (reason, kind) in [
+                ("per_client", Eviction::PerClient),
+                ("full", Eviction::Full),
+            ] {
+                let labels = [("reason", reason)];
+                ConstCounter::new(self.tcp.evicted(kind)).encode(family.encode_family(&labels)?)?;
+            }
+        }
         let status = &self.status;
         gauge(
             &mut e,
@@ -256,9 +279,9 @@ impl Collector for Exporter {
 }
 
 /// The registry with the server's collector.
-pub fn registry(state: Arc<State>, status: Arc<ZoneStatus>) -> Registry {
+pub fn registry(state: Arc<State>, status: Arc<ZoneStatus>, tcp: Arc<Connections>) -> Registry {
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(Exporter { state, status }));
+    registry.register_collector(Box::new(Exporter { state, status, tcp }));
     registry
 }
 

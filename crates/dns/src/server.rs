@@ -1,6 +1,6 @@
 //! The running server: UDP workers (one thread and one SO_REUSEPORT socket
-//! per core, blocking receive, answers written in place), TCP and
-//! forwarding on a small tokio runtime, the watcher thread that folds the
+//! per core, blocking receive, answers written in place), TCP (`tcp.rs`)
+//! and forwarding on a small tokio runtime, the watcher thread that folds the
 //! source's changes into the zone's facts and recompiles the zone after
 //! each batch (and reloads the hosts file), and the operations endpoints.
 
@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 use arc_swap::{ArcSwap, ArcSwapOption};
 use podwire_model::{FilesSource, Interest, Source, Store};
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::build::{DEFAULT_ZONE, ZoneOptions};
 use crate::cache::{Cache, CacheConfig};
@@ -25,6 +24,7 @@ use crate::handler::{self, Action, State};
 use crate::hosts::{Hosts, HostsFile};
 use crate::metrics::Counters;
 use crate::ops::{self, ZoneStatus};
+use crate::tcp::{self, Connections, TcpConfig};
 use crate::wire;
 use crate::zone::PodMode;
 
@@ -33,8 +33,6 @@ use crate::zone::PodMode;
 const WATCH_INTERVAL: Duration = Duration::from_millis(100);
 /// How often the hosts file's stamp is compared.
 const HOSTS_INTERVAL: Duration = Duration::from_millis(500);
-/// TCP connections are closed after this long without a query.
-const TCP_IDLE: Duration = Duration::from_secs(10);
 
 /// Everything `podwire dns` can be told.
 #[derive(Debug, Clone)]
@@ -59,6 +57,8 @@ pub struct ServerConfig {
     /// Zones answered authoritatively from the hosts file (unknown names
     /// NXDOMAIN); "." makes the server the whole world's.
     pub authoritative: Vec<String>,
+    /// DNS over TCP: connection slots, per-client limit, idle timeout.
+    pub tcp: TcpConfig,
 }
 
 impl ServerConfig {
@@ -79,6 +79,7 @@ impl ServerConfig {
             metrics_listen: None,
             workers: 0,
             authoritative: Vec::new(),
+            tcp: TcpConfig::default(),
         }
     }
 }
@@ -262,8 +263,17 @@ impl Server {
                     proto: "tcp",
                     source,
                 })?;
-            handle.spawn(tcp_accept(listener, Arc::clone(&state)));
-            let registry = Arc::new(ops::registry(Arc::clone(&state), Arc::clone(&status)));
+            let connections = Arc::new(Connections::new(config.tcp.clone()));
+            handle.spawn(tcp::accept(
+                listener,
+                Arc::clone(&state),
+                Arc::clone(&connections),
+            ));
+            let registry = Arc::new(ops::registry(
+                Arc::clone(&state),
+                Arc::clone(&status),
+                connections,
+            ));
             let mut ops = Vec::new();
             for (name, addr, listener) in ops_listeners {
                 let listener = tokio::net::TcpListener::from_std(listener).map_err(|source| {
@@ -577,67 +587,6 @@ fn response_rcode(msg: &libc::mmsghdr) -> u8 {
     // SAFETY: iov_len bytes are readable at iov_base.
     let byte = unsafe { *(iov.iov_base as *const u8).add(3) };
     byte & 0xF
-}
-
-async fn tcp_accept(listener: tokio::net::TcpListener, state: Arc<State>) {
-    let limit = Arc::new(tokio::sync::Semaphore::new(1024));
-    loop {
-        let Ok(permit) = Arc::clone(&limit).acquire_owned().await else {
-            return;
-        };
-        match listener.accept().await {
-            Ok((stream, _)) => {
-                let state = Arc::clone(&state);
-                tokio::spawn(async move {
-                    tcp_conn(stream, state).await;
-                    drop(permit);
-                });
-            }
-            Err(e) => {
-                tracing::debug!("tcp accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
-    }
-}
-
-async fn tcp_conn(mut stream: tokio::net::TcpStream, state: Arc<State>) {
-    let mut out = Vec::with_capacity(4096);
-    loop {
-        let len = match tokio::time::timeout(TCP_IDLE, stream.read_u16()).await {
-            Ok(Ok(len)) => usize::from(len),
-            _ => return,
-        };
-        let mut packet = vec![0u8; len];
-        match tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut packet)).await {
-            Ok(Ok(_)) => {}
-            _ => return,
-        }
-        let started = Instant::now();
-        let counters = &state.counters[0];
-        let handled = handler::handle(&state, &packet, true, &mut out, started, counters);
-        let response = match handled.action {
-            Action::Reply => std::mem::take(&mut out),
-            Action::Drop => return,
-            Action::Forward(job) => handler::resolve(&state, job).await,
-        };
-        if response.is_empty() {
-            return;
-        }
-        counters.request(
-            true,
-            handled.qtype,
-            response.get(3).map_or(0, |b| b & 0xF),
-            started.elapsed(),
-        );
-        let mut framed = Vec::with_capacity(response.len() + 2);
-        framed.extend_from_slice(&(response.len() as u16).to_be_bytes());
-        framed.extend_from_slice(&response);
-        if stream.write_all(&framed).await.is_err() {
-            return;
-        }
-        out = response;
-    }
 }
 
 /// Folds the source's changes into the zone's facts and recompiles the

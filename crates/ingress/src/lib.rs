@@ -14,6 +14,7 @@ pub mod proxy;
 pub mod server;
 pub mod status;
 mod table;
+pub mod target;
 
 pub use error::IngressError;
 pub use table::{

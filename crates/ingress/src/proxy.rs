@@ -4,9 +4,12 @@
 //! connections, tunnel upgraded connections (WebSocket), and answer locally
 //! when there is nothing to forward to.
 //!
-//! 404 when no route matches, 503 when the route has no ready endpoint, 502
+//! 400 for a request whose Host or request-target is malformed or
+//! ambiguous (see `target.rs`) or whose body framing is broken, 404 when no
+//! route matches, 503 when the route has no ready endpoint, 502
 //! when the backend cannot be reached or fails, 504 when it does not answer
-//! in time. The request method, path and Host reach the backend unchanged,
+//! in time. The request method and path reach the backend unchanged, Host
+//! as routed (an absolute-form target's authority replaces it),
 //! plus `X-Forwarded-For` (appended), `-Proto`, `-Host`, `-Port` and
 //! `X-Real-IP`. Bodies are streamed both ways, never buffered.
 
@@ -26,8 +29,9 @@ use hyper_util::rt::TokioIo;
 use crate::annotations::Action;
 use crate::certs::CertTable;
 use crate::metrics::{HostLabel, HostLabels, Metrics, RequestLabels, UpstreamLabels};
-use crate::pool::Pool;
+use crate::pool::{Pool, UpstreamError};
 use crate::table::host_name;
+use crate::target::request_host;
 use crate::{Backend, RouteTable};
 
 /// Errors of bodies in either direction.
@@ -174,6 +178,16 @@ fn local_response(status: StatusCode, message: &str) -> Response<Body> {
     text_response(status, "text/plain; charset=utf-8", format!("{message}\n"))
 }
 
+/// 400, and the connection closes after it: what follows a malformed
+/// request on it cannot be trusted to start where the next request does.
+fn bad_request(why: &str) -> Response<Body> {
+    let mut response = local_response(StatusCode::BAD_REQUEST, &format!("400 {why}"));
+    response
+        .headers_mut()
+        .insert(CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
 pub(crate) fn empty() -> Body {
     Empty::new().map_err(|never| match never {}).boxed()
 }
@@ -242,21 +256,33 @@ pub async fn handle(
     conn: ConnInfo,
 ) -> Result<Response<Body>, Infallible> {
     let started = Instant::now();
-    // HTTP/2 carries the host in :authority.
-    let host_value = req
-        .headers()
-        .get(HOST)
-        .cloned()
-        .or_else(|| {
-            req.uri()
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        })
-        .unwrap_or_else(|| HeaderValue::from_static(""));
-    let host = host_value.to_str().unwrap_or_default();
     let method = req.method().clone();
     let uri = req.uri().clone();
     let version = req.version();
+    // HTTP/2's :authority arrives as the URI's authority, as an absolute-form
+    // target's does in HTTP/1.1: both win over a Host header.
+    let host_value = match request_host(&method, version, &uri, req.headers()) {
+        Ok(host) => host,
+        Err(why) => {
+            tracing::debug!(peer = %conn.peer, %why, "bad request");
+            let response = bad_request(&why.to_string());
+            finish(
+                &shared,
+                (&method, &uri, version),
+                &conn,
+                "",
+                started,
+                Outcome {
+                    host_label: unmatched_host(),
+                    backend: None,
+                    endpoint: None,
+                    status: response.status(),
+                },
+            );
+            return Ok(response);
+        }
+    };
+    let host = host_value.to_str().unwrap_or_default();
     let snapshot = shared.snapshot.load_full();
     let route = snapshot.routes.route(host, uri.path());
     let (host_label, redirect, backend, actions) = match route {
@@ -413,9 +439,9 @@ async fn forward(
         headers.insert(UPGRADE, protocol);
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
     }
-    if !headers.contains_key(HOST) {
-        headers.insert(HOST, host.clone());
-    }
+    // The host the request was routed by: the one Host header, or an
+    // absolute-form target's authority, which replaces it (RFC 9112 §3.2.2).
+    headers.insert(HOST, host.clone());
     forwarded_headers(&mut headers, host, conn);
     let path_and_query = req
         .uri()
@@ -467,6 +493,15 @@ async fn forward(
         .await;
         let failure = match sent {
             Ok(Ok(response)) => return (response, Some(endpoint)),
+            // The client's body was malformed (bad chunked framing) or cut
+            // off: its fault, not the backend's, so 400 and no upstream error.
+            Ok(Err(UpstreamError::RequestBody(err))) => {
+                tracing::debug!(peer = %conn.peer, %endpoint, %err, "request body failed");
+                return (
+                    bad_request(&format!("the request body is malformed or cut off: {err}")),
+                    Some(endpoint),
+                );
+            }
             Ok(Err(err)) => {
                 let reason = if err.is_connect() {
                     "connect"

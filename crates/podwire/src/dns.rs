@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
-use podwire_dns::{CacheConfig, PodMode, Server, ServerConfig, ZoneFacts, ZoneOptions};
+use podwire_dns::{CacheConfig, PodMode, Server, ServerConfig, TcpConfig, ZoneFacts, ZoneOptions};
 use podwire_source::ClusterSettings;
 
 use crate::source::{Choice, SourceArgs};
@@ -71,6 +71,14 @@ pub struct DnsArgs {
     /// UDP worker threads (0: one per core).
     #[arg(long, default_value_t = 0)]
     workers: usize,
+    /// DNS-over-TCP connections open at most; when all are taken, the least
+    /// recently active one is closed for each new client.
+    #[arg(long, default_value_t = TcpConfig::default().max_connections)]
+    tcp_max_connections: usize,
+    /// DNS-over-TCP connections one client address may hold (0: no limit);
+    /// a client over it loses its own least recently active connection.
+    #[arg(long, default_value_t = TcpConfig::default().max_per_client)]
+    tcp_max_per_client: usize,
     #[command(subcommand)]
     action: Option<DnsAction>,
 }
@@ -170,6 +178,11 @@ pub fn run(args: DnsArgs) -> Result<()> {
     config.metrics_listen = optional_addr("metrics-listen", &args.metrics_listen)?;
     config.workers = args.workers;
     config.authoritative = args.authoritative.clone();
+    config.tcp = TcpConfig {
+        max_connections: args.tcp_max_connections.max(1),
+        max_per_client: args.tcp_max_per_client,
+        ..TcpConfig::default()
+    };
     let server = Server::start_with_source(config, source)?;
     server.wait();
     Ok(())
