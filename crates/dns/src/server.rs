@@ -132,6 +132,36 @@ fn tcp_listener(addr: SocketAddr, proto: &'static str) -> Result<std::net::TcpLi
     Ok(socket.into())
 }
 
+/// UDP sockets (one per worker) and the TCP listener on one port. With port
+/// 0 the first UDP socket picks it, and TCP may find that port taken by
+/// another program's TCP socket: then a new port is picked, a few times.
+fn bind_udp_and_tcp(
+    listen: SocketAddr,
+    workers: usize,
+) -> Result<(Vec<Socket>, std::net::TcpListener, SocketAddr), DnsError> {
+    let tries = if listen.port() == 0 { 16 } else { 1 };
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let first = udp_socket(listen)?;
+        let local = first
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .unwrap_or(listen);
+        let mut sockets = vec![first];
+        for _ in 1..workers {
+            sockets.push(udp_socket(local)?);
+        }
+        match tcp_listener(local, "tcp") {
+            Ok(tcp) => return Ok((sockets, tcp, local)),
+            Err(DnsError::Bind { source, .. })
+                if attempt < tries && source.kind() == std::io::ErrorKind::AddrInUse => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// What cluster DNS reads: Namespaces, Services, EndpointSlices, Pods.
 pub fn interest() -> Interest {
     Interest::new(KINDS)
@@ -162,18 +192,7 @@ impl Server {
         } else {
             config.workers
         };
-        // UDP: the first socket fixes the port (it may have been 0).
-        let first = udp_socket(config.listen)?;
-        let local = first
-            .local_addr()
-            .ok()
-            .and_then(|a| a.as_socket())
-            .unwrap_or(config.listen);
-        let mut sockets = vec![first];
-        for _ in 1..workers {
-            sockets.push(udp_socket(local)?);
-        }
-        let tcp = tcp_listener(local, "tcp")?;
+        let (sockets, tcp, local) = bind_udp_and_tcp(config.listen, workers)?;
         let mut ops_listeners = Vec::new();
         for (name, addr) in [
             ("health", config.health_listen),
