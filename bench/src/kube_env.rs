@@ -349,7 +349,7 @@ where
     }
 }
 
-async fn create_retry<K>(api: &Api<K>, obj: &K) -> Result<()>
+pub async fn create_retry<K>(api: &Api<K>, obj: &K) -> Result<()>
 where
     K: kube::Resource + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
 {

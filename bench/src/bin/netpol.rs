@@ -1,10 +1,12 @@
-//! bench/netpol: podwire's NetworkPolicy enforcement beside kube-router's
-//! layout (iptables + ipset, generated here for the same policies, loaded
-//! with `ipset restore` and `iptables-restore` as kube-router does):
-//! programming time for 1 -> 1,000 policies over 1,000 pods (full sync and
-//! one policy added), and TCP connection latency through an isolated pod
-//! with 10 vs 1,000 policies selecting it. Everything runs in network
-//! namespaces this program creates and removes. Needs root.
+//! bench/netpol: podwire's NetworkPolicy enforcement beside the real
+//! kube-network-policies (the reference nftables + NFQUEUE enforcer, run
+//! against a real control plane: src/netpol_ref.rs) and kube-router's layout
+//! (iptables + ipset, generated here for the same policies, loaded with
+//! `ipset restore` and `iptables-restore` as kube-router does): programming
+//! time for 1 -> 1,000 policies over 1,000 pods (full sync and one policy
+//! added), and TCP connection latency through an isolated pod with 10 vs
+//! 1,000 policies selecting it. Everything runs in network namespaces this
+//! program creates and removes. Needs root.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -22,6 +24,12 @@ use podwire_model::{ClusterState, Object};
 use podwire_policy::{Engine, Ruleset, compile};
 use serde::Serialize;
 use serde_json::json;
+
+#[allow(dead_code)]
+#[path = "../kube_env.rs"]
+mod kube_env;
+#[path = "../netpol_ref.rs"]
+mod netpol_ref;
 
 const NODE: &str = "node00";
 const PODS: usize = 1000;
@@ -50,6 +58,10 @@ struct Report {
     latency: Vec<Latency>,
     podwire_latency_ratio: f64,
     kube_router_latency_ratio: f64,
+    /// The reference enforcer's rows, when it ran.
+    kube_network_policies: Option<netpol_ref::KnpReport>,
+    /// Why it did not run (kube-router's layout is then the only reference).
+    kube_network_policies_error: Option<String>,
 }
 
 fn pod_ip(j: usize) -> String {
@@ -532,23 +544,85 @@ fn print(r: &Report) {
             p.kube_router_full.median_ms / p.podwire_full.median_ms
         );
     }
+    if let Some(k) = &r.kube_network_policies {
+        println!(
+            "\nkube-network-policies {} (nftables -> NFQUEUE, decided in userspace from its API caches;\n\
+             programming is API watch -> memory): policies written to a real API server\n\
+             (64 in flight), then the time until a connection they allow passes, ms: min / median / max",
+            k.version
+        );
+        println!("new connections diverted to its queue by {}", k.diversion);
+        println!(
+            "{:>9} {:>26} {:>30} {:>26}",
+            "policies",
+            "write to the API",
+            "in effect after last write",
+            "first write -> in effect"
+        );
+        let g = |s: &Stats| format!("{:.2} / {:.2} / {:.2}", s.min_ms, s.median_ms, s.max_ms);
+        for p in &k.programming {
+            println!(
+                "{:>9} {:>26} {:>30} {:>26}",
+                p.policies,
+                f(&p.write_ms),
+                g(&p.effect_ms),
+                f(&p.total_ms)
+            );
+        }
+    } else if let Some(e) = &r.kube_network_policies_error {
+        println!(
+            "\nkube-network-policies did not run here: {e}\n\
+             kube-router's layout is the only reference."
+        );
+    }
+    let knp = r.kube_network_policies.as_ref();
     println!("\nTCP connection latency through an isolated pod, us: min / median / max");
     println!(
-        "{:>9} {:>28} {:>28}",
-        "policies", "podwire", "kube-router layout"
+        "{:>9} {:>28} {:>28} {:>28}",
+        "policies", "podwire", "kube-network-policies", "kube-router layout"
     );
-    for l in &r.latency {
+    for (i, l) in r.latency.iter().enumerate() {
+        let k = knp
+            .and_then(|k| k.latency.get(i))
+            .map_or("not run".to_string(), |k| f(&k.us));
         println!(
-            "{:>9} {:>28} {:>28}",
+            "{:>9} {:>28} {:>28} {:>28}",
             l.policies,
             f(&l.podwire_us),
+            k,
             f(&l.kube_router_us)
         );
     }
+    let k = knp.map_or("not run".to_string(), |k| format!("{:.2}", k.latency_ratio));
     println!(
-        "ratio 1000/10 (medians): podwire {:.2}, kube-router layout {:.2}",
+        "ratio 1000/10 (medians): podwire {:.2}, kube-network-policies {k}, kube-router layout {:.2}",
         r.podwire_latency_ratio, r.kube_router_latency_ratio
     );
+}
+
+/// The kube-network-policies rows, or why there are none.
+fn reference(runs: usize, conns: usize) -> Result<(Option<netpol_ref::KnpReport>, Option<String>)> {
+    let run = || -> Result<netpol_ref::KnpReport> {
+        let bin = netpol_ref::program()?;
+        let mut knp = netpol_ref::Knp::start(&bin)?;
+        let programming = knp.programming(&[1, 10, 100, 1000], runs)?;
+        let latency = knp.latency(conns)?;
+        Ok(netpol_ref::KnpReport {
+            version: netpol_ref::VERSION,
+            diversion: knp.diversion.clone(),
+            latency_ratio: latency[1].us.median_ms / latency[0].us.median_ms,
+            programming,
+            latency,
+        })
+    };
+    match run() {
+        Ok(r) => Ok((Some(r), None)),
+        Err(e) if ns::interrupted() => Err(e),
+        Err(e) => {
+            eprintln!("kube-network-policies: {e:#}");
+            Ok((None, Some(format!("{e:#}"))))
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -562,7 +636,9 @@ fn main() -> ExitCode {
             .unwrap_or(default)
     };
     if args.iter().any(|a| a == "--help") {
-        println!("netpol [--runs N (3)] [--conns N (1000 per round, 3 rounds)] [--json]");
+        println!(
+            "netpol [--runs N (3)] [--conns N (1000 per round, 3 rounds)] [--no-knp] [--json]"
+        );
         return ExitCode::SUCCESS;
     }
     let runs = value("--runs", 3);
@@ -571,12 +647,19 @@ fn main() -> ExitCode {
         ns::install_interrupt_handler()?;
         let programming = programming(runs)?;
         let latency = latency(conns)?;
+        let (knp, knp_error) = if args.iter().any(|a| a == "--no-knp") {
+            (None, Some("skipped (--no-knp)".to_string()))
+        } else {
+            reference(runs, conns)?
+        };
         let ratio = |f: &dyn Fn(&Latency) -> f64| f(&latency[1]) / f(&latency[0]);
         Ok(Report {
             podwire_latency_ratio: ratio(&|l| l.podwire_us.median_ms),
             kube_router_latency_ratio: ratio(&|l| l.kube_router_us.median_ms),
             programming,
             latency,
+            kube_network_policies: knp,
+            kube_network_policies_error: knp_error,
         })
     })();
     podwire_bench::finish("netpol", result, json_out, print)
