@@ -332,7 +332,13 @@ fn memory_returns_after_partial_heads_close() {
         let during = settled_rss(&proxy);
         drop(conns);
         proxy.wait_connections(0, Duration::from_secs(30));
-        let after = settled_rss(&proxy);
+        // The trim follows within a second or so; give a loaded machine 15 s.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let mut after = settled_rss(&proxy);
+        while after as f64 > before as f64 * 1.2 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(250));
+            after = proxy.rss_kb();
+        }
         eprintln!("RSS before {before} kB, with 2000 partial heads {during} kB, after {after} kB");
         assert!(
             (after as f64) <= before as f64 * 1.2,
