@@ -8,6 +8,7 @@
 pub mod annotations;
 pub mod certs;
 mod error;
+pub mod limit;
 pub mod metrics;
 mod pool;
 pub mod proxy;

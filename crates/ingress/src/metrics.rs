@@ -1,6 +1,7 @@
 //! Prometheus metrics of the ingress controller: requests by matched host
 //! and status, a latency histogram by host (time to the response head),
-//! upstream errors by backend and reason, open connections, reloads. Hosts
+//! upstream errors by backend and reason, open connections, the connection
+//! limit and connections shed by reason, reloads. Hosts
 //! are the rules' hosts as written (`*.a.com`, `*` for host-less rules, `-`
 //! when nothing matched), so a client cannot grow the label set.
 
@@ -51,6 +52,11 @@ pub struct ListenerLabels {
     pub scheme: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShedLabels {
+    pub reason: &'static str,
+}
+
 /// Every metric the proxy updates.
 #[derive(Debug)]
 pub struct Metrics {
@@ -60,6 +66,9 @@ pub struct Metrics {
     pub retries: Counter,
     pub connections: Family<ListenerLabels, Gauge>,
     pub tls_handshake_failures: Counter,
+    pub max_connections: Gauge,
+    pub connections_shed: Family<ShedLabels, Counter>,
+    pub connection_limit_waits: Counter,
     pub reloads: Counter,
     pub reload_failures: Counter,
     pub generation: Gauge,
@@ -74,6 +83,9 @@ impl Default for Metrics {
             retries: Counter::default(),
             connections: Family::default(),
             tls_handshake_failures: Counter::default(),
+            max_connections: Gauge::default(),
+            connections_shed: Family::default(),
+            connection_limit_waits: Counter::default(),
             reloads: Counter::default(),
             reload_failures: Counter::default(),
             generation: Gauge::default(),
@@ -109,6 +121,21 @@ impl Metrics {
             "connections",
             "Client connections open, by listener",
             self.connections.clone(),
+        );
+        r.register(
+            "max_connections",
+            "The client connection limit (--max-connections), across all workers",
+            self.max_connections.clone(),
+        );
+        r.register(
+            "connections_shed",
+            "Connections closed to make room at the limit, by reason (idle: between requests; incomplete_head: no complete request head or TLS handshake yet)",
+            self.connections_shed.clone(),
+        );
+        r.register(
+            "connection_limit_waits",
+            "Times a new connection waited at the limit because no connection was idle",
+            self.connection_limit_waits.clone(),
         );
         r.register(
             "tls_handshake_failures",

@@ -28,6 +28,7 @@ use hyper_util::rt::TokioIo;
 
 use crate::annotations::Action;
 use crate::certs::CertTable;
+use crate::limit::{Limits, WorkerConns};
 use crate::metrics::{HostLabel, HostLabels, Metrics, RequestLabels, UpstreamLabels};
 use crate::pool::{Pool, UpstreamError};
 use crate::table::host_name;
@@ -89,6 +90,9 @@ pub struct Settings {
     /// Endpoints tried for an idempotent request whose connection fails
     /// (at most [`MAX_ATTEMPTS`]).
     pub max_attempts: usize,
+    /// Client connections open at once across all workers (None: sized to
+    /// memory, [`crate::limit::default_max_connections`]).
+    pub max_connections: Option<usize>,
 }
 
 impl Default for Settings {
@@ -101,6 +105,7 @@ impl Default for Settings {
             shutdown_grace: Duration::from_secs(10),
             https_redirect_port: None,
             max_attempts: MAX_ATTEMPTS,
+            max_connections: None,
         }
     }
 }
@@ -116,6 +121,10 @@ pub struct Shared {
     pub settings: Settings,
     pool: Arc<Pool>,
     pub(crate) readiness: Arc<std::sync::Mutex<crate::server::Readiness>>,
+    /// The connection limit every worker shares, and this worker's
+    /// connections.
+    pub(crate) limits: Arc<Limits>,
+    pub(crate) conns: Arc<WorkerConns>,
 }
 
 impl Shared {
@@ -124,6 +133,7 @@ impl Shared {
         metrics: Arc<Metrics>,
         settings: Settings,
         readiness: Arc<std::sync::Mutex<crate::server::Readiness>>,
+        limits: Arc<Limits>,
     ) -> Shared {
         Shared {
             snapshot,
@@ -131,6 +141,8 @@ impl Shared {
             pool: Arc::new(Pool::new(settings.connect_timeout)),
             settings,
             readiness,
+            conns: limits.worker(),
+            limits,
         }
     }
 }

@@ -8,21 +8,16 @@
 //! on SIGTERM or SIGINT the listeners close, idle keep-alive connections are
 //! closed, and in-flight requests get `shutdown_grace` to finish.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hyper::body::Incoming;
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use podwire_model::k8s_openapi::api::networking::v1::IngressLoadBalancerStatus;
 use podwire_model::{
-    ClusterState, ClusterWriter, FilesSource, Interest, Kind, Leadership, ObjectRef, Source, Store,
-    Watch, WatchEvent,
+    ClusterState, ClusterWriter, FilesSource, Interest, Kind, Leadership, Source, Store, Watch,
 };
-use prometheus_client::registry::Registry;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tokio::net::TcpListener;
@@ -31,10 +26,19 @@ use tokio::sync::watch;
 use arc_swap::ArcSwap;
 
 use crate::certs::{CertTable, SecretRef, generated_default};
-use crate::metrics::{ListenerLabels, Metrics, render};
-use crate::proxy::{Body, ConnInfo, Settings, Shared, Snapshot, handle, text_response};
+use crate::metrics::Metrics;
+mod accept;
+mod ops;
+mod reload;
+
+use accept::accept_loop;
+use ops::ops_loop;
+use reload::Reloader;
+
+use crate::limit::{Limits, default_max_connections};
+use crate::proxy::{Settings, Shared, Snapshot};
 use crate::status::{Publish, pending};
-use crate::{AnnotationNote, CompileOptions, IngressError, RouteTable, our_ingresses};
+use crate::{CompileOptions, IngressError, RouteTable, our_ingresses};
 
 /// How long startup waits for the first complete cluster state before it
 /// serves anyway (404s, `/readyz` 503) and keeps waiting in the background.
@@ -189,6 +193,8 @@ struct Common {
     metrics: Arc<Metrics>,
     settings: Settings,
     readiness: Arc<Mutex<Readiness>>,
+    /// The connection limit across workers.
+    limits: Arc<Limits>,
     /// The Ingress statuses to write, as of the first snapshot.
     first_statuses: BTreeMap<(String, String), IngressLoadBalancerStatus>,
 }
@@ -251,11 +257,20 @@ impl Common {
         metrics
             .generation
             .set(i64::try_from(snapshot.generation).unwrap_or(i64::MAX));
+        let max_connections = settings
+            .max_connections
+            .unwrap_or_else(default_max_connections);
+        let limits = Arc::new(Limits::new(max_connections));
+        metrics
+            .max_connections
+            .set(i64::try_from(limits.max()).unwrap_or(i64::MAX));
+        tracing::info!(max_connections = limits.max(), "client connection limit");
         Ok(Common {
             snapshot: Arc::new(ArcSwap::from_pointee(snapshot)),
             metrics: Arc::new(metrics),
             settings,
             readiness: Arc::new(Mutex::new(readiness)),
+            limits,
             first_statuses,
         })
     }
@@ -266,6 +281,7 @@ impl Common {
             self.metrics.clone(),
             self.settings.clone(),
             self.readiness.clone(),
+            self.limits.clone(),
         ))
     }
 }
@@ -302,6 +318,7 @@ pub fn run(
         None => None,
     };
     let reloader = Reloader::spawn(watch, feed.status, config, generated, &common)?;
+    common.limits.spawn_trimmer();
     let (stop_tx, stop_rx) = watch::channel(false);
     let tracker = Arc::new(());
     let mut threads = Vec::new();
@@ -496,383 +513,4 @@ async fn serve_worker(
         tracing::info!("all connections finished; stopped");
     }
     Ok(())
-}
-
-/// The thread that follows the cluster: each snapshot is compiled off the
-/// request path and swapped in (requests never wait for it); when this
-/// replica leads, Ingresses whose status differs from the published
-/// address are written.
-struct Reloader {
-    stop: Arc<std::sync::atomic::AtomicBool>,
-    thread: std::thread::JoinHandle<()>,
-}
-
-impl Reloader {
-    fn spawn(
-        mut watch: Watch,
-        status: Option<StatusPublisher>,
-        config: Config,
-        generated: Arc<CertifiedKey>,
-        common: &Common,
-    ) -> Result<Reloader, IngressError> {
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (snapshot, metrics) = (common.snapshot.clone(), common.metrics.clone());
-        let readiness = common.readiness.clone();
-        let mut statuses = common.first_statuses.clone();
-        let stopped = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("ingress-reload".into())
-            .spawn(move || {
-                let mut next_status = Instant::now();
-                let mut was_leader = false;
-                let mut last_error: Option<String> = None;
-                // Notes already logged, annotation notes already reported.
-                let mut logged: BTreeSet<String> = BTreeSet::new();
-                let mut reported: BTreeSet<AnnotationNote> = BTreeSet::new();
-                let mut events: Vec<AnnotationNote> = Vec::new();
-                watch.run(&stopped, &mut |event, source| {
-                    match event {
-                        WatchEvent::Snapshot(s) => {
-                            let started = Instant::now();
-                            let next = compile(s.revision, &s.state, &config, &generated);
-                            for note in &next.routes.notes {
-                                if logged.insert(note.clone()) {
-                                    tracing::warn!("{note}");
-                                }
-                            }
-                            logged.retain(|n| next.routes.notes.contains(n));
-                            events = next
-                                .routes
-                                .annotation_notes
-                                .iter()
-                                .filter(|n| !reported.contains(*n))
-                                .cloned()
-                                .collect();
-                            tracing::info!(
-                                generation = next.generation,
-                                ingresses = next.routes.ingresses.len(),
-                                ms =
-                                    format_args!("{:.1}", started.elapsed().as_secs_f64() * 1000.0),
-                                "routes and certificates reloaded"
-                            );
-                            metrics.reloads.inc();
-                            metrics
-                                .generation
-                                .set(i64::try_from(next.generation).unwrap_or(i64::MAX));
-                            snapshot.store(Arc::new(next));
-                            if let Some(publish) = status.as_ref().and_then(|p| p.publish.as_ref())
-                            {
-                                statuses = pending(&s.state, &config.options.class, publish);
-                                next_status = Instant::now();
-                            }
-                            if let Ok(mut r) = readiness.lock() {
-                                r.synced = true;
-                            }
-                        }
-                        WatchEvent::SourceFailed(err) => {
-                            let text = err.to_string();
-                            if last_error.as_deref() != Some(text.as_str()) {
-                                tracing::warn!(
-                                    "keeping the previous routes and certificates: {text}"
-                                );
-                            }
-                            metrics.reload_failures.inc();
-                            last_error = Some(text);
-                        }
-                        WatchEvent::Idle => {}
-                    }
-                    let source_status = source.status();
-                    if source_status.error.is_none() {
-                        last_error = None;
-                    }
-                    if let Ok(mut r) = readiness.lock() {
-                        r.error = source_status.error;
-                    }
-                    let Some(p) = &status else {
-                        return Duration::from_secs(1);
-                    };
-                    // Write at once on becoming leader or on a change, else
-                    // retry what failed every second.
-                    let leading = p.leader.is_leader();
-                    if leading
-                        && (!statuses.is_empty() || !events.is_empty())
-                        && (!was_leader || Instant::now() >= next_status)
-                    {
-                        write_statuses(p, &mut statuses);
-                        report_annotations(p, &mut events, &mut reported);
-                        next_status = Instant::now() + STATUS_RETRY;
-                    }
-                    was_leader = leading;
-                    STATUS_RETRY
-                });
-            })
-            .map_err(IngressError::Runtime)?;
-        Ok(Reloader { stop, thread })
-    }
-
-    fn stop(self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let _ = self.thread.join();
-    }
-}
-
-/// Reports each ignored annotation once as a Warning Event on its Ingress;
-/// what fails is tried again next round.
-fn report_annotations(
-    publisher: &StatusPublisher,
-    pending: &mut Vec<AnnotationNote>,
-    reported: &mut BTreeSet<AnnotationNote>,
-) {
-    pending.retain(|n| {
-        let object = ObjectRef::new(Kind::Ingress, n.namespace.clone(), n.name.clone());
-        match publisher.writer.warn(
-            &object,
-            n.uid.as_deref(),
-            "podwire-ingress",
-            "UnsupportedAnnotation",
-            &n.note,
-        ) {
-            Ok(()) => {
-                reported.insert(n.clone());
-                false
-            }
-            Err(err) => {
-                tracing::warn!(ingress = %object, "cannot record an Event: {err}");
-                true
-            }
-        }
-    });
-}
-
-/// Writes the pending statuses; what fails stays pending for the next round.
-fn write_statuses(
-    publisher: &StatusPublisher,
-    pending: &mut BTreeMap<(String, String), IngressLoadBalancerStatus>,
-) {
-    pending.retain(|(ns, name), status| {
-        match publisher.writer.set_ingress_status(ns, name, status) {
-            Ok(()) => {
-                tracing::info!(
-                    ingress = %format!("{ns}/{name}"),
-                    leader = %publisher.leader.identity(),
-                    "status address written"
-                );
-                false
-            }
-            Err(err) => {
-                tracing::warn!(ingress = %format!("{ns}/{name}"), "cannot write the status: {err}");
-                true
-            }
-        }
-    });
-}
-
-/// Accepts connections until told to stop.
-async fn accept_loop(
-    listener: TcpListener,
-    tls: Option<tokio_rustls::TlsAcceptor>,
-    shared: Arc<Shared>,
-    mut stop: watch::Receiver<bool>,
-    tracker: Arc<()>,
-) {
-    let local = match listener.local_addr() {
-        Ok(a) => a,
-        Err(err) => {
-            tracing::error!(%err, "cannot read the listener's address");
-            return;
-        }
-    };
-    let scheme = if tls.is_some() { "https" } else { "http" };
-    tracing::info!(%local, scheme, "ingress listening");
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = stop.changed() => return,
-        };
-        let (stream, peer) = match accepted {
-            Ok(c) => c,
-            Err(err) => {
-                // EMFILE and the like: back off instead of spinning.
-                tracing::warn!(%err, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let conn = ConnInfo::new(peer, local, tls.is_some());
-        let shared = shared.clone();
-        let stop = stop.clone();
-        let tracker = tracker.clone();
-        let tls = tls.clone();
-        tokio::spawn(async move {
-            let gauge = shared
-                .metrics
-                .connections
-                .get_or_create_owned(&ListenerLabels { scheme });
-            gauge.inc();
-            match tls {
-                None => serve_connection(stream, false, conn, shared.clone(), stop).await,
-                Some(acceptor) => {
-                    // Boxed, like the HTTP/2 path below: a task is as large as
-                    // its largest state, and plain connections must not pay
-                    // for TLS ones.
-                    let handshake = tokio::time::timeout(
-                        shared.settings.idle_timeout,
-                        Box::pin(acceptor.accept(stream)),
-                    )
-                    .await;
-                    match handshake {
-                        Ok(Ok(stream)) => {
-                            let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                            Box::pin(serve_connection(stream, h2, conn, shared.clone(), stop)).await
-                        }
-                        Ok(Err(err)) => {
-                            shared.metrics.tls_handshake_failures.inc();
-                            tracing::debug!(%peer, %err, "TLS handshake failed");
-                        }
-                        Err(_) => {
-                            shared.metrics.tls_handshake_failures.inc();
-                            tracing::debug!(%peer, "TLS handshake timed out");
-                        }
-                    }
-                }
-            }
-            gauge.dec();
-            drop(tracker);
-        });
-    }
-}
-
-/// Serves HTTP/1.1 (with upgrades) or HTTP/2 on one connection; on stop,
-/// finishes the request in flight and closes.
-async fn serve_connection<S>(
-    stream: S,
-    h2: bool,
-    conn: ConnInfo,
-    shared: Arc<Shared>,
-    mut stop: watch::Receiver<bool>,
-) where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let settings = shared.settings.clone();
-    let peer = conn.peer;
-    // Boxed: hyper keeps room for one request future per connection for the
-    // connection's whole life, so an idle keep-alive connection would hold
-    // the full size of the request path's state machine.
-    let service =
-        hyper::service::service_fn(move |req| Box::pin(handle(req, shared.clone(), conn.clone())));
-    let io = TokioIo::new(stream);
-    let result = if h2 {
-        let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-        builder
-            .timer(TokioTimer::new())
-            .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX))
-            .keep_alive_interval(Some(settings.idle_timeout));
-        let mut connection = Box::pin(builder.serve_connection(io, service));
-        tokio::select! {
-            result = connection.as_mut() => result,
-            _ = stop.changed() => {
-                connection.as_mut().graceful_shutdown();
-                connection.await
-            }
-        }
-    } else {
-        let mut builder = hyper::server::conn::http1::Builder::new();
-        builder
-            .timer(TokioTimer::new())
-            .header_read_timeout(settings.idle_timeout)
-            .max_header_size(settings.max_header_bytes)
-            .keep_alive(true);
-        let connection = builder.serve_connection(io, service).with_upgrades();
-        tokio::pin!(connection);
-        tokio::select! {
-            result = connection.as_mut() => result,
-            _ = stop.changed() => {
-                connection.as_mut().graceful_shutdown();
-                connection.await
-            }
-        }
-    };
-    if let Err(err) = result {
-        tracing::debug!(%peer, %err, "connection ended with an error");
-    }
-}
-
-/// Serves `/metrics`, `/healthz` and `/readyz` until told to stop.
-async fn ops_loop(
-    listener: TcpListener,
-    registry: Arc<Registry>,
-    shared: Arc<Shared>,
-    mut stop: watch::Receiver<bool>,
-) {
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = stop.changed() => return,
-        };
-        let Ok((stream, _)) = accepted else {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            continue;
-        };
-        let registry = registry.clone();
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let answer = ops_answer(req.uri().path(), &registry, &shared);
-                async move { Ok::<_, std::convert::Infallible>(answer) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
-}
-
-fn ops_answer(path: &str, registry: &Registry, shared: &Shared) -> Response<Body> {
-    let (status, content_type, body) = match path {
-        "/healthz" | "/readyz" => {
-            let snapshot = shared.snapshot.load();
-            let (synced, source, error) = shared
-                .readiness
-                .lock()
-                .map(|r| (r.synced, r.source.clone(), r.error.clone()))
-                .unwrap_or_default();
-            let mut text = format!(
-                "ok: generation {}, {} Ingresses\n",
-                snapshot.generation,
-                snapshot.routes.ingresses.len()
-            );
-            if let Some(err) = &error {
-                text = format!(
-                    "{}; the source {source} is failing: {err}\n",
-                    text.trim_end()
-                );
-            }
-            if path == "/readyz" && !synced {
-                (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "text/plain; charset=utf-8",
-                    format!(
-                        "not ready: no cluster state yet from {source}: {}\n",
-                        error
-                            .as_deref()
-                            .unwrap_or("waiting for every kind to be listed")
-                    ),
-                )
-            } else {
-                (StatusCode::OK, "text/plain; charset=utf-8", text)
-            }
-        }
-        "/metrics" => (
-            StatusCode::OK,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            render(registry),
-        ),
-        _ => (
-            StatusCode::NOT_FOUND,
-            "text/plain; charset=utf-8",
-            "try /healthz, /readyz or /metrics\n".to_string(),
-        ),
-    };
-    text_response(status, content_type, body)
 }

@@ -59,6 +59,13 @@ pub struct IngressArgs {
     /// Time an idle client connection is kept open, e.g. 60s.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     idle_timeout: Duration,
+    /// Client connections open at once across all workers; at the limit the
+    /// connection idle the longest (between requests, or without a complete
+    /// request head) is closed to make room, and with none idle new ones
+    /// wait. Default: the memory limit (cgroup, else RAM) / 64 KiB, at most
+    /// the open-file limit - 256 and 65536.
+    #[arg(long)]
+    max_connections: Option<usize>,
     /// Largest request head accepted, in bytes (larger: 431).
     #[arg(long, default_value_t = 32 * 1024)]
     max_header_bytes: usize,
@@ -199,6 +206,7 @@ pub fn run(args: IngressArgs) -> Result<()> {
         max_header_bytes: args.max_header_bytes.max(1024),
         shutdown_grace: args.shutdown_grace,
         https_redirect_port: args.https_redirect_port,
+        max_connections: args.max_connections.map(|n| n.max(1)),
         ..Settings::default()
     };
     let publish = publish(&args)?;

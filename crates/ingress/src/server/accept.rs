@@ -1,0 +1,202 @@
+//! Client connections: the accept loop of one listener (plain or TLS) and
+//! the serving of one connection with hyper (HTTP/1.1 with upgrades, or
+//! HTTP/2 when ALPN chose it). At the connection limit a listener first
+//! makes room (the oldest idle connection is told to close) or waits; each
+//! connection closes early when it is shed, as on shutdown.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::limit::{ActiveGuard, Slot, Tracked};
+use crate::metrics::ListenerLabels;
+use crate::proxy::{ConnInfo, Shared, handle};
+
+/// How often a listener held at the connection limit looks again.
+const LIMIT_RECHECK: Duration = Duration::from_millis(50);
+
+/// Accepts connections until told to stop.
+pub(super) async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+    tracker: Arc<()>,
+) {
+    let local = match listener.local_addr() {
+        Ok(a) => a,
+        Err(err) => {
+            tracing::error!(%err, "cannot read the listener's address");
+            return;
+        }
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(%local, scheme, "ingress listening");
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.changed() => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(c) => c,
+            Err(err) => {
+                // EMFILE and the like: back off instead of spinning.
+                tracing::warn!(%err, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        // At the limit: shed the oldest idle connection, else hold this one
+        // (and accept nothing more) until a connection closes.
+        let mut waited = false;
+        while !shared.limits.make_room(&shared.metrics) {
+            if !waited {
+                waited = true;
+                shared.metrics.connection_limit_waits.inc();
+                tracing::debug!(
+                    open = shared.limits.open(),
+                    max = shared.limits.max(),
+                    "at the connection limit with none idle; the new connection waits"
+                );
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(LIMIT_RECHECK) => {}
+                _ = stop.changed() => return,
+            }
+        }
+        let registered = shared.limits.register(&shared.conns);
+        let _ = stream.set_nodelay(true);
+        let conn = ConnInfo::new(peer, local, tls.is_some());
+        let shared = shared.clone();
+        let stop = stop.clone();
+        let tracker = tracker.clone();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            let gauge = shared
+                .metrics
+                .connections
+                .get_or_create_owned(&ListenerLabels { scheme });
+            gauge.inc();
+            let slot = registered.slot().clone();
+            match tls {
+                None => serve_connection(stream, false, conn, shared.clone(), stop, slot).await,
+                Some(acceptor) => {
+                    // Boxed, like the HTTP/2 path below: a task is as large as
+                    // its largest state, and plain connections must not pay
+                    // for TLS ones.
+                    let handshake = tokio::time::timeout(
+                        shared.settings.idle_timeout,
+                        Box::pin(acceptor.accept(stream)),
+                    );
+                    let handshake = tokio::select! {
+                        handshake = handshake => Some(handshake),
+                        () = slot.shed() => None,
+                    };
+                    match handshake {
+                        None => {
+                            tracing::debug!(%peer, "TLS handshake cut short: shed at the limit")
+                        }
+                        Some(Ok(Ok(stream))) => {
+                            let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                            Box::pin(serve_connection(
+                                stream,
+                                h2,
+                                conn,
+                                shared.clone(),
+                                stop,
+                                slot,
+                            ))
+                            .await
+                        }
+                        Some(Ok(Err(err))) => {
+                            shared.metrics.tls_handshake_failures.inc();
+                            tracing::debug!(%peer, %err, "TLS handshake failed");
+                        }
+                        Some(Err(_)) => {
+                            shared.metrics.tls_handshake_failures.inc();
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                        }
+                    }
+                }
+            }
+            gauge.dec();
+            drop(registered);
+            drop(tracker);
+        });
+    }
+}
+
+/// Serves HTTP/1.1 (with upgrades) or HTTP/2 on one connection; on stop
+/// or when shed, finishes the request in flight and closes.
+async fn serve_connection<S>(
+    stream: S,
+    h2: bool,
+    conn: ConnInfo,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+    slot: Arc<Slot>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let settings = shared.settings.clone();
+    let peer = conn.peer;
+    // Boxed: hyper keeps room for one request future per connection for the
+    // connection's whole life, so an idle keep-alive connection would hold
+    // the full size of the request path's state machine.
+    // Each request marks the connection busy until its response body has
+    // been sent, so that only connections between requests are shed.
+    let busy = slot.clone();
+    let service = hyper::service::service_fn(move |req| {
+        let guard = ActiveGuard::new(&busy);
+        let answer = handle(req, shared.clone(), conn.clone());
+        Box::pin(async move {
+            answer
+                .await
+                .map(|response| response.map(|body| Tracked::new(body, guard)))
+        })
+    });
+    let close = async {
+        tokio::select! {
+            _ = stop.changed() => {}
+            () = slot.shed() => tracing::debug!(%peer, "closing: shed at the connection limit"),
+        }
+    };
+    let io = TokioIo::new(stream);
+    let result = if h2 {
+        let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        builder
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX))
+            .keep_alive_interval(Some(settings.idle_timeout));
+        let mut connection = Box::pin(builder.serve_connection(io, service));
+        tokio::select! {
+            result = connection.as_mut() => result,
+            () = close => {
+                connection.as_mut().graceful_shutdown();
+                connection.await
+            }
+        }
+    } else {
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(settings.idle_timeout)
+            .max_header_size(settings.max_header_bytes)
+            .keep_alive(true);
+        let connection = builder.serve_connection(io, service).with_upgrades();
+        tokio::pin!(connection);
+        tokio::select! {
+            result = connection.as_mut() => result,
+            () = close => {
+                connection.as_mut().graceful_shutdown();
+                connection.await
+            }
+        }
+    };
+    if let Err(err) = result {
+        tracing::debug!(%peer, %err, "connection ended with an error");
+    }
+}
