@@ -69,6 +69,8 @@ const RTA_OIF: u16 = 4;
 const RTA_TABLE: u16 = 15;
 const NDA_DST: u16 = 1;
 const IFF_UP: u32 = 1;
+/// Bytes of notifications the kernel may queue per socket.
+const RECEIVE_BUFFER: libc::c_int = 32 * 1024 * 1024;
 
 /// What kind of nftables object a notification is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -316,9 +318,24 @@ fn subscribe(protocol: isize, groups: &[u32], what: &str) -> Result<Socket> {
             .add_membership(*g)
             .map_err(|e| Error::netlink(format!("join {what} group {g}"), e))?;
     }
-    // A burst (a full resync of 100k elements) must not lose the foreign
-    // change next to it: a large buffer, and ENOBUFS is reported.
-    let _ = socket.set_rx_buf_sz(4 * 1024 * 1024);
+    // A burst (a full resync of 100k elements is one notification per
+    // element) must not lose the foreign change next to it: a large
+    // buffer (forced past rmem_max with CAP_NET_ADMIN), and ENOBUFS is
+    // reported as [`Notification::Overflow`].
+    let size: libc::c_int = RECEIVE_BUFFER;
+    // SAFETY: setsockopt with a pointer to a c_int of its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        let _ = socket.set_rx_buf_sz(RECEIVE_BUFFER);
+    }
     socket
         .set_non_blocking(true)
         .map_err(|e| Error::netlink(format!("make {what} socket non-blocking"), e))?;
