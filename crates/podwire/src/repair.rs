@@ -124,9 +124,14 @@ fn plural(what: &str, n: usize) -> String {
     }
 }
 
-/// What a batch of notifications asks to repair (pure): one entry per
-/// part that someone other than `own` touched.
-pub fn classify(batch: &[Notification], own: &dyn Fn(u32) -> bool) -> Vec<Foreign> {
+/// What a batch of notifications asks to repair: one entry per part that
+/// someone other than `own` touched. `link_up_now` says whether a device
+/// is present and up at this moment (the only look at the kernel).
+pub fn classify(
+    batch: &[Notification],
+    own: &dyn Fn(u32) -> bool,
+    link_up_now: &dyn Fn(&str) -> bool,
+) -> Vec<Foreign> {
     let noticed = Instant::now();
     let commits: HashMap<u32, &Commit> = batch
         .iter()
@@ -137,6 +142,7 @@ pub fn classify(batch: &[Notification], own: &dyn Fn(u32) -> bool) -> Vec<Foreig
         .collect();
     let mut tallies: BTreeMap<Part, (Tally, BTreeSet<String>, String)> = BTreeMap::new();
     let mut overflow = false;
+    let mut vxlan_last: Option<(bool, bool, u32)> = None;
     let mut note = |part: Part,
                     key: (u8, &'static str, &'static str),
                     name: String,
@@ -198,16 +204,34 @@ pub fn classify(batch: &[Notification], own: &dyn Fn(u32) -> bool) -> Vec<Foreig
                 up,
                 portid,
                 ..
-            } if name == VXLAN_DEVICE && (*removed || !*up) && *portid != 0 && !own(*portid) => {
-                // Port 0 is the kernel itself (operstate while the device
-                // is being set up); someone's `ip link` has a port.
-                let verb = if *removed { "deleted" } else { "set down" };
-                let by = who(*portid, &commits);
-                note(Part::Routing, (9, "link", verb), name.clone(), by, None);
+            } if name == VXLAN_DEVICE && !own(*portid) => {
+                // Link notifications mostly carry port 0 whoever asked
+                // (the kernel sends them from the device's state change),
+                // so only the burst's last word counts, checked against
+                // the device as it is now.
+                vxlan_last = Some((*removed, *up, *portid));
             }
             Notification::Overflow => overflow = true,
             _ => {}
         }
+    }
+    if let Some((removed, up, portid)) = vxlan_last
+        && (removed || !up)
+        && !link_up_now(VXLAN_DEVICE)
+    {
+        let verb = if removed { "deleted" } else { "set down" };
+        let by = if portid == 0 {
+            "unknown (the kernel does not say for links)".to_string()
+        } else {
+            who(portid, &commits)
+        };
+        note(
+            Part::Routing,
+            (9, "link", verb),
+            VXLAN_DEVICE.into(),
+            by,
+            None,
+        );
     }
     let mut out: Vec<Foreign> = tallies
         .into_iter()
@@ -338,7 +362,11 @@ fn watch(mut l: ChangeListener, inbox: &Mutex<Vec<Foreign>>, stop: &AtomicBool) 
                 last_overflow = Some(now);
             }
         }
-        let found = classify(&batch, &podwire_kernel::own::is_own);
+        let found = classify(&batch, &podwire_kernel::own::is_own, &|name| {
+            podwire_kernel::Netlink::new()
+                .and_then(|mut nl| nl.link_by_name(name))
+                .is_ok_and(|l| l.is_some_and(|l| l.up))
+        });
         if !found.is_empty() {
             match inbox.lock() {
                 Ok(mut list) => list.extend(found),
@@ -376,6 +404,13 @@ impl Repairs {
                     .map(|r| r.map_err(|e| e.to_string())),
                 Part::Routing | Part::Masquerade => routing
                     .as_mut()
+                    // The device went away because the plan has none
+                    // (host-gw): nothing to repair.
+                    .filter(|r| {
+                        part != Part::Routing
+                            || list.iter().any(|f| f.what != "link")
+                            || r.owns_link(VXLAN_DEVICE)
+                    })
                     .and_then(|r| r.repair(part == Part::Masquerade))
                     .map(|r| r.map_err(|e| e.to_string())),
                 Part::Policy => policy
@@ -485,7 +520,7 @@ mod tests {
             nft(NftObject::Rule, true, "podwire-proxy", "nodeports", 900),
             commit(900, 4321, "nft"),
         ];
-        let found = classify(&batch, &|_| false);
+        let found = classify(&batch, &|_| false, &|_| false);
         assert_eq!(found.len(), 1);
         let f = &found[0];
         assert_eq!((f.part, f.what), (Part::Proxy, "rule"));
@@ -511,7 +546,7 @@ mod tests {
                 portid: 8,
             },
         ];
-        assert!(classify(&batch, &|p| p == 7).is_empty());
+        assert!(classify(&batch, &|p| p == 7, &|_| true).is_empty());
     }
 
     #[test]
@@ -536,7 +571,7 @@ mod tests {
                 portid: 6,
             },
         ];
-        let found = classify(&batch, &|_| false);
+        let found = classify(&batch, &|_| false, &|_| false);
         let parts: Vec<(Part, &str)> = found.iter().map(|f| (f.part, f.what)).collect();
         assert_eq!(
             parts,
@@ -553,9 +588,42 @@ mod tests {
         assert_eq!(found[0].by, "netlink port 6");
     }
 
+    fn link(removed: bool, up: bool) -> Notification {
+        Notification::Link {
+            removed,
+            name: VXLAN_DEVICE.into(),
+            index: 3,
+            up,
+            portid: 0,
+        }
+    }
+
+    #[test]
+    fn the_vxlan_device_counts_by_its_last_state_and_as_it_is_now() {
+        // Created down, then set up (the agent's own sequence): nothing.
+        let batch = [link(false, false), link(false, true)];
+        assert!(classify(&batch, &|_| false, &|_| true).is_empty());
+        // Set down by someone, still down now: a repair.
+        let found = classify(&[link(false, false)], &|_| false, &|_| false);
+        assert_eq!(found.len(), 1);
+        assert_eq!((found[0].part, found[0].what), (Part::Routing, "link"));
+        assert_eq!(found[0].detail, "1 link set down (podwire.1)");
+        // Down in the notification but up again by now: nothing.
+        assert!(classify(&[link(false, false)], &|_| false, &|_| true).is_empty());
+        // Another device: nothing.
+        let other = Notification::Link {
+            removed: true,
+            name: "eth9".into(),
+            index: 9,
+            up: false,
+            portid: 0,
+        };
+        assert!(classify(&[other], &|_| false, &|_| false).is_empty());
+    }
+
     #[test]
     fn lost_notifications_repair_every_part() {
-        let found = classify(&[Notification::Overflow], &|_| false);
+        let found = classify(&[Notification::Overflow], &|_| false, &|_| true);
         assert_eq!(found.len(), 4);
         assert!(found.iter().all(|f| f.what == "unknown"));
     }

@@ -1,7 +1,8 @@
 //! Repairs after someone else changes what the agent programmed (issue 14,
 //! fault 1), on a lab of two nodes: inside node01 the service proxy's table
 //! is flushed, the route to node02's pods deleted, the masquerade table
-//! deleted (one lab per test), each by hand as an operator would; each
+//! deleted, the VXLAN device set down (one lab per test), each by hand as
+//! an operator would; each
 //! must be back within 1 s (measured from just before the change and
 //! printed), counted in the agent's `/metrics` and named in its log. The
 //! agent's own changes (its first sync, a Service added) are never taken
@@ -293,4 +294,23 @@ fn a_deleted_masquerade_table_is_back_within_a_second() {
         "1 table deleted, 1 chain deleted (chain postrouting)",
         "nft (pid ",
     );
+}
+
+#[test]
+fn a_vxlan_device_set_down_carries_traffic_again_within_a_second() {
+    let s = Setup::start("rp-link");
+    s.assert_no_repair_yet();
+    // Down takes the routes through it along; the Service's only endpoint
+    // is on node02, behind the tunnel.
+    let took = time_to_repair(
+        &s.node_ns,
+        &["ip", "link", "set", "podwire.1", "down"],
+        &|| s.reaches(),
+    );
+    println!(
+        "podwire.1 set down: a pod on node01 reaches the Service on node02 again after {:.0} ms",
+        took.as_secs_f64() * 1000.0
+    );
+    assert_within_limit("VXLAN device set down", took);
+    s.assert_reported("routing", "link", "1 link set down (podwire.1)", "unknown");
 }

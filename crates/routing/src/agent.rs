@@ -193,6 +193,15 @@ impl RoutingAgent {
         )
     }
 
+    /// Whether the current plan has a device of this name (the VXLAN
+    /// device in vxlan mode).
+    pub fn owns_link(&self, name: &str) -> bool {
+        self.plan
+            .as_ref()
+            .and_then(|p| p.vxlan.as_ref())
+            .is_some_and(|d| d.name == name)
+    }
+
     /// Applies the last plan again when due (periodic re-assertion, retry
     /// after a failure). Returns how long until it is due next.
     pub fn tick(&mut self) -> Duration {
