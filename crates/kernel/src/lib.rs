@@ -11,6 +11,8 @@ pub mod neigh;
 pub mod netns;
 pub mod nft;
 pub mod nftrace;
+pub mod notify;
+pub mod own;
 pub mod route;
 pub mod routeget;
 pub mod rtnl;

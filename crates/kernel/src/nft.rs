@@ -10,6 +10,7 @@ use std::process::{Command, Stdio};
 
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
 
+use crate::own::OwnPort;
 use crate::{Error, Result};
 
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
@@ -310,14 +311,17 @@ fn group_by_set(elements: &[Element]) -> Vec<(&str, Vec<&Element>)> {
 struct NfSocket {
     socket: Socket,
     buf: Vec<u8>,
+    /// Our changes' notifications name this socket's port id.
+    _own: OwnPort,
 }
 
 impl NfSocket {
     fn open() -> Result<NfSocket> {
         let mut socket = Socket::new(NETLINK_NETFILTER)
             .map_err(|e| Error::netlink("open nfnetlink socket", e))?;
-        socket
+        let own = socket
             .bind_auto()
+            .map(|addr| OwnPort::register(addr.port_number()))
             .map_err(|e| Error::netlink("bind nfnetlink socket", e))?;
         socket
             .connect(&SocketAddr::new(0, 0))
@@ -326,6 +330,7 @@ impl NfSocket {
         Ok(NfSocket {
             socket,
             buf: vec![0; 256 * 1024],
+            _own: own,
         })
     }
 
@@ -779,6 +784,8 @@ pub fn apply_script(script: &str) -> Result<()> {
                 "cannot run nft ({e}): install the nftables package"
             ))
         })?;
+    // nft's netlink socket is bound to its pid: its changes are ours.
+    let _own = OwnPort::register(child.id());
     if let Some(mut stdin) = child.stdin.take() {
         stdin
             .write_all(script.as_bytes())

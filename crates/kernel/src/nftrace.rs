@@ -115,11 +115,11 @@ pub struct TraceEvent {
     pub packet: Option<PacketInfo>,
 }
 
-fn be_u32(b: &[u8]) -> Option<u32> {
+pub(crate) fn be_u32(b: &[u8]) -> Option<u32> {
     Some(u32::from_be_bytes(b.get(..4)?.try_into().ok()?))
 }
 
-fn attrs(buf: &[u8]) -> Vec<(u16, &[u8])> {
+pub(crate) fn attrs(buf: &[u8]) -> Vec<(u16, &[u8])> {
     let mut out = Vec::new();
     let mut off = 0;
     while off + 4 <= buf.len() {
@@ -134,7 +134,7 @@ fn attrs(buf: &[u8]) -> Vec<(u16, &[u8])> {
     out
 }
 
-fn text(b: &[u8]) -> String {
+pub(crate) fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b.split(|c| *c == 0).next().unwrap_or_default()).into_owned()
 }
 

@@ -8,11 +8,14 @@ use netlink_packet_core::{
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
+use crate::own::OwnPort;
 use crate::{Error, Netns, Result};
 
 /// A route-netlink socket bound to one network namespace.
 pub struct Netlink {
     socket: Socket,
+    /// Our changes' notifications name this socket's port id.
+    _own: OwnPort,
     seq: u32,
     buf: Vec<u8>,
 }
@@ -27,8 +30,9 @@ impl Netlink {
     pub fn new() -> Result<Netlink> {
         let mut socket =
             Socket::new(NETLINK_ROUTE).map_err(|e| Error::netlink("open socket", e))?;
-        socket
+        let own = socket
             .bind_auto()
+            .map(|addr| OwnPort::register(addr.port_number()))
             .map_err(|e| Error::netlink("bind socket", e))?;
         socket
             .connect(&SocketAddr::new(0, 0))
@@ -38,6 +42,7 @@ impl Netlink {
         let _ = socket.set_netlink_get_strict_chk(true);
         Ok(Netlink {
             socket,
+            _own: own,
             seq: 0,
             buf: vec![0; 64 * 1024],
         })

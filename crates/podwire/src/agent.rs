@@ -8,6 +8,11 @@
 //! only when both are), so whoever waits on F (the lab) knows routes AND
 //! service rules are in place; `/readyz` on the health port says the same
 //! to a kubelet.
+//!
+//! A watcher thread ([`crate::repair`]) reads the kernel's nftables and
+//! route notifications; a change someone else made to the parts' tables,
+//! routes or VXLAN device is repaired on the loop's next turn (within
+//! ~0.1 s), logged and counted in `podwire_agent_repairs_total`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -24,6 +29,7 @@ use podwire_proxy::{ProxyOptions, ProxyStatus, ServiceProxy};
 use podwire_routing::{AgentOptions, AgentStatus, RoutingAgent};
 use podwire_source::{ClusterSettings, KubeWriter};
 
+use crate::repair::{Repairs, Watcher};
 use crate::source::{SourceArgs, first_snapshot};
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -397,9 +403,25 @@ fn run_agent(args: &AgentArgs) -> Result<()> {
         return Ok(());
     }
 
+    // Someone else's changes to what the parts own are repaired at once;
+    // without notifications the periodic checks below still catch them.
+    let watcher = match Watcher::start() {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!("{e:#}: foreign changes are found by periodic checks only");
+            None
+        }
+    };
+    let mut repairs = Repairs::default();
     let stop = AtomicBool::new(false);
     let mut last: Option<AgentStatus> = None;
     watch.run(&stop, &mut |event, source| {
+        if let Some(w) = watcher.as_ref() {
+            let found = w.take();
+            if !found.is_empty() {
+                repairs.run(found, &mut routing, &mut proxy, &mut policy);
+            }
+        }
         match event {
             WatchEvent::Snapshot(s) => on_snapshot(&s, &mut routing, &mut proxy, &mut policy),
             WatchEvent::SourceFailed(err) => {
@@ -435,6 +457,7 @@ fn run_agent(args: &AgentArgs) -> Result<()> {
         }
         if let Some(p) = proxy.as_ref() {
             let mut extra = source_status.render_metrics("podwire_agent_source");
+            extra.push_str(&repairs.metrics());
             if let Some(pol) = policy.as_ref() {
                 extra.push_str(&pol.metrics());
             }

@@ -8,6 +8,7 @@ mod dns;
 mod ingress;
 mod kubelet;
 mod lab;
+mod repair;
 mod serve;
 mod source;
 

@@ -2,7 +2,8 @@
 //! Pods, Namespaces or NetworkPolicies is compiled whole (a label change
 //! can move any grant) and applied as a difference; the table is
 //! re-asserted when someone deletes it (checked every second) and fully
-//! re-sent every 5 minutes. Rejected policies are logged once per reason.
+//! re-sent every 5 minutes; [`PolicyAgent::repair`] re-sends it at once
+//! when `podwire agent` sees someone else change it. Rejected policies are logged once per reason.
 //! Drop counters are read for `/metrics` every few seconds; with a log
 //! group, denied connections are read from nflog and logged.
 
@@ -201,6 +202,15 @@ impl PolicyAgent {
     /// The source failed: what is programmed stays.
     pub fn source_failed(&mut self, err: &SourceError) {
         tracing::debug!(%err, "policy enforcement keeps its table while the source is down");
+    }
+
+    /// Someone else changed the policy table: a full sync now. Returns
+    /// how long it took; None before the first ruleset.
+    pub fn repair(&mut self) -> Option<Result<Duration, PolicyError>> {
+        self.ruleset.as_ref()?;
+        let started = Instant::now();
+        self.engine.reset();
+        Some(self.apply().map(|()| started.elapsed()))
     }
 
     /// Periodic work; returns how long the caller may wait.

@@ -10,6 +10,9 @@
 //! - A failed sync forgets the committed state, reports the error and
 //!   retries a full sync of the last compiled ruleset a second later;
 //!   nothing pending is lost.
+//! - [`ServiceProxy::repair`]: `podwire agent` watches nftables
+//!   notifications and calls it as soon as someone else changed the table
+//!   (a flushed chain, a deleted set or element): a full resync at once.
 //! - Every `check_table` (1 s) the agent asks the kernel whether its table
 //!   is still there (one netlink round trip) and re-asserts it with a full
 //!   sync when someone deleted it; every `full_resync` (5 min) it re-sends
@@ -404,6 +407,20 @@ impl ServiceProxy {
                 Err(err)
             }
         }
+    }
+
+    /// Someone else changed the table (a flushed chain, a deleted set or
+    /// element): re-sends all of it at once, structure and elements, as
+    /// the periodic full resync would. Returns how long the resync took;
+    /// None before the first sync (nothing to put back yet).
+    pub fn repair(&mut self) -> Option<Result<Duration, ProxyError>> {
+        if !self.compiled {
+            return None;
+        }
+        let started = Instant::now();
+        self.engine.invalidate();
+        let result = self.engine.sync(self.compiler.ruleset());
+        Some(self.after_sync(result).map(|()| started.elapsed()))
     }
 
     /// Periodic work: a retry after a failure, the table check, the full

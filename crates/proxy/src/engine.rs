@@ -1,6 +1,9 @@
 //! The apply step: makes the kernel's `inet podwire-proxy` table match a
 //! [`Ruleset`], keeping what was committed in memory so each sync sends
-//! only the difference.
+//! only the difference. What to send is decided by the pure
+//! [`crate::sync_plan`] (unit-tested); this file carries a plan out
+//! (`nft -f`, one netlink transaction, chain deletions, conntrack and
+//! affinity cleanup) and adopts the committed state it describes.
 //!
 //! - **Full sync** (first sync, after any failure, when asked): load the
 //!   structure with `nft -f` (idempotent; never deletes the table, so
@@ -21,9 +24,8 @@
 //!   removed endpoint (or that were created while a Service had none) are
 //!   deleted, and affinity entries whose endpoint slot changed are dropped.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use podwire_kernel::nft::{self, Family, SetElement, SetOp};
@@ -31,8 +33,9 @@ use podwire_kernel::nft::{self, Family, SetElement, SetOp};
 use crate::compile::{CompileOptions, Frontend, Ruleset, ServiceKey, ServiceRules, Target};
 use crate::error::ProxyError;
 use crate::layout::{
-    self, ElemKey, Fam, LOCAL_OFFSET, LbChain, SetId, TABLE, Value, affinity_set, encode_element,
+    self, ElemKey, Fam, LOCAL_OFFSET, LbChain, SetId, TABLE, affinity_set, encode_element,
 };
+use crate::sync_plan::{self, ChainCleanup, Committed, Held, SyncPlan};
 
 /// What one sync did.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -53,36 +56,11 @@ pub struct SyncReport {
     pub elapsed: Duration,
 }
 
-/// A Service whose fragment changed: (key, before, after).
-type Change = (
-    ServiceKey,
-    Option<Arc<ServiceRules>>,
-    Option<Arc<ServiceRules>>,
-);
-
-/// Contributions to one element: (owner, value, comment), sorted by owner.
-type Owners = Vec<(Arc<ServiceKey>, Value, Arc<str>)>;
-
-/// What the kernel holds for one element: its value and its comment.
-type Held = (Value, Arc<str>);
-
 /// The element as sent: key, value and the comment naming its Service.
 fn encode_held(k: &ElemKey, held: &Held) -> SetElement {
     let mut element = encode_element(k, &held.0);
     element.comment = Some(held.1.clone());
     element
-}
-
-#[derive(Debug)]
-struct Committed {
-    options: CompileOptions,
-    /// Generated chains known to exist in the kernel.
-    kernel_chains: BTreeSet<LbChain>,
-    chain_refs: HashMap<LbChain, usize>,
-    services: BTreeMap<ServiceKey, Arc<ServiceRules>>,
-    owners: HashMap<ElemKey, Owners>,
-    /// The effective value (and comment) of every element in the kernel.
-    kernel: HashMap<ElemKey, Held>,
 }
 
 /// The applier. Works in the calling thread's network namespace.
@@ -95,6 +73,33 @@ pub struct Engine {
 
 fn kernel_err(what: &str) -> impl FnOnce(podwire_kernel::Error) -> ProxyError + '_ {
     move |e| ProxyError::kernel(what, e)
+}
+
+/// The transaction of a plan: flushes, then deletes, then adds, grouped
+/// by set.
+fn set_ops(plan: &SyncPlan) -> Vec<SetOp> {
+    let mut ops: Vec<SetOp> = plan
+        .flush
+        .iter()
+        .map(|set| SetOp::Flush { set: set.name() })
+        .collect();
+    let mut deletes: BTreeMap<SetId, Vec<SetElement>> = BTreeMap::new();
+    for (k, held) in &plan.deletes {
+        deletes.entry(k.set).or_default().push(encode_held(k, held));
+    }
+    ops.extend(deletes.into_iter().map(|(set, elements)| SetOp::Delete {
+        set: set.name(),
+        elements,
+    }));
+    let mut adds: BTreeMap<SetId, Vec<SetElement>> = BTreeMap::new();
+    for (k, held) in &plan.adds {
+        adds.entry(k.set).or_default().push(encode_held(k, held));
+    }
+    ops.extend(adds.into_iter().map(|(set, elements)| SetOp::Add {
+        set: set.name(),
+        elements,
+    }));
+    ops
 }
 
 impl Engine {
@@ -165,16 +170,8 @@ impl Engine {
         keys: Option<&[ServiceKey]>,
     ) -> Result<SyncReport, ProxyError> {
         let started = Instant::now();
-        let full = match &self.committed {
-            None => true,
-            Some(c) => c.options != desired.options,
-        };
-        let result = if full {
-            self.full_sync(desired)
-        } else {
-            self.incremental_sync(desired, keys)
-        };
-        match result {
+        let plan = sync_plan::plan(self.committed.as_ref(), desired, keys);
+        match self.execute(plan, &desired.options) {
             Ok(mut report) => {
                 report.elapsed = started.elapsed();
                 Ok(report)
@@ -186,288 +183,92 @@ impl Engine {
         }
     }
 
-    fn full_sync(&mut self, desired: &Ruleset) -> Result<SyncReport, ProxyError> {
+    /// Carries a plan out: structure, ONE netlink transaction, chain
+    /// deletions, conntrack and affinity cleanup; then adopts its state.
+    fn execute(
+        &mut self,
+        plan: SyncPlan,
+        options: &CompileOptions,
+    ) -> Result<SyncReport, ProxyError> {
         let mut report = SyncReport {
-            full: true,
-            services_changed: desired.services.len(),
+            full: plan.full,
+            services_changed: plan.services_changed,
+            elements_added: plan.adds.len(),
+            elements_deleted: plan.deletes.len(),
             ..Default::default()
         };
-        let mut chain_refs: HashMap<LbChain, usize> = HashMap::new();
-        let mut owners: HashMap<ElemKey, Owners> = HashMap::new();
-        for (key, rules) in &desired.services {
-            let owner = Arc::new(key.clone());
-            for c in &rules.chains {
-                *chain_refs.entry(*c).or_default() += 1;
-            }
-            for ((k, v), comment) in rules.elements.iter().zip(&rules.comments) {
-                // Services are visited in key order: pushing keeps owners sorted.
-                owners.entry(k.clone()).or_default().push((
-                    owner.clone(),
-                    v.clone(),
-                    comment.clone(),
-                ));
-            }
-        }
-        let chains: BTreeSet<LbChain> = chain_refs.keys().copied().collect();
-        nft::apply_script(&layout::structure_script(
-            &desired.options.structure,
-            &chains,
-        ))
-        .map_err(|e| ProxyError::Structure(e.to_string()))?;
-        report.structure_loaded = true;
-
-        let mut kernel = HashMap::with_capacity(owners.len());
-        let mut by_set: BTreeMap<SetId, Vec<SetElement>> = BTreeMap::new();
-        for (k, list) in &owners {
-            let held: Held = (list[0].1.clone(), list[0].2.clone());
-            by_set.entry(k.set).or_default().push(encode_held(k, &held));
-            kernel.insert(k.clone(), held);
-        }
-        let mut ops: Vec<SetOp> = SetId::all()
-            .map(|set| SetOp::Flush { set: set.name() })
-            .collect();
-        for (set, elements) in by_set {
-            ops.push(SetOp::Add {
-                set: set.name(),
-                elements,
-            });
-        }
-        let stats = nft::commit_set_ops(Family::Inet, TABLE, &ops).map_err(|source| {
-            ProxyError::Elements {
-                elements: kernel.len(),
-                source,
-            }
-        })?;
-        report.elements_added = kernel.len();
-        report.elements_total = kernel.len();
-        report.netlink_bytes = stats.bytes;
-        report.netlink_messages = stats.messages;
-
-        // Generated chains nobody needs (a previous run's, or ours before
-        // a failure) go now that no element names them.
-        let existing = nft::list_chains(Family::Inet, TABLE)
-            .map_err(kernel_err("listing the proxy's chains"))?;
-        let wanted: HashSet<String> = chains.iter().map(LbChain::name).collect();
-        let stale: Vec<String> = existing
-            .into_iter()
-            .filter(|c| LbChain::is_generated_name(c) && !wanted.contains(c))
-            .collect();
-        if !stale.is_empty() {
-            match nft::delete_chains(Family::Inet, TABLE, &stale) {
-                Ok(()) => report.chains_deleted = stale.len(),
-                Err(err) => tracing::warn!(%err, "cannot delete unused proxy chains; will retry"),
-            }
-        }
-        self.committed = Some(Committed {
-            options: desired.options.clone(),
-            kernel_chains: chains,
-            chain_refs,
-            services: desired.services.clone(),
-            owners,
-            kernel,
-        });
-        Ok(report)
-    }
-
-    fn incremental_sync(
-        &mut self,
-        desired: &Ruleset,
-        keys: Option<&[ServiceKey]>,
-    ) -> Result<SyncReport, ProxyError> {
-        let mut report = SyncReport::default();
-        let Some(c) = self.committed.as_mut() else {
-            return Err(ProxyError::Structure("no committed state".into()));
-        };
-        // Which Services changed: a merge walk of two sorted maps.
-        let mut changed: Vec<Change> = Vec::new();
-        if let Some(keys) = keys {
-            let mut seen = HashSet::new();
-            for key in keys.iter().filter(|k| seen.insert(*k)) {
-                let old = c.services.get(key);
-                let new = desired.services.get(key);
-                let same = match (old, new) {
-                    (None, None) => true,
-                    (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
-                    _ => false,
-                };
-                if !same {
-                    changed.push((key.clone(), old.cloned(), new.cloned()));
-                }
-            }
-        } else {
-            let mut old = c.services.iter().peekable();
-            let mut new = desired.services.iter().peekable();
-            loop {
-                match (old.peek(), new.peek()) {
-                    (None, None) => break,
-                    (Some((ko, vo)), Some((kn, vn))) if ko == kn => {
-                        if !Arc::ptr_eq(vo, vn) && vo != vn {
-                            changed.push(((*ko).clone(), Some((*vo).clone()), Some((*vn).clone())));
-                        }
-                        old.next();
-                        new.next();
-                    }
-                    (Some((ko, vo)), Some((kn, _))) if ko < kn => {
-                        changed.push(((*ko).clone(), Some((*vo).clone()), None));
-                        old.next();
-                    }
-                    (Some(_), Some((kn, vn))) | (None, Some((kn, vn))) => {
-                        changed.push(((*kn).clone(), None, Some((*vn).clone())));
-                        new.next();
-                    }
-                    (Some((ko, vo)), None) => {
-                        changed.push(((*ko).clone(), Some((*vo).clone()), None));
-                        old.next();
-                    }
-                }
-            }
-        }
-        report.services_changed = changed.len();
-        if changed.is_empty() {
-            report.elements_total = c.kernel.len();
+        if plan.services_changed == 0 && !plan.full {
+            report.elements_total = self.committed.as_ref().map_or(0, |c| c.kernel.len());
             return Ok(report);
         }
-
-        // New owners and chain references (applied to copies first: if the
-        // commit fails the whole committed state is dropped anyway).
-        let mut touched: Vec<ElemKey> = Vec::new();
-        let mut new_chains: BTreeSet<LbChain> = BTreeSet::new();
-        for (key, old, new) in &changed {
-            if let Some(old) = old {
-                for ch in &old.chains {
-                    if let Some(n) = c.chain_refs.get_mut(ch) {
-                        *n = n.saturating_sub(1);
-                    }
-                }
-                for (k, _) in &old.elements {
-                    if let Some(list) = c.owners.get_mut(k) {
-                        list.retain(|(o, _, _)| o.as_ref() != key);
-                        if list.is_empty() {
-                            c.owners.remove(k);
-                        }
-                    }
-                    touched.push(k.clone());
-                }
-            }
-            if let Some(new) = new {
-                let owner = Arc::new(key.clone());
-                for ch in &new.chains {
-                    *c.chain_refs.entry(*ch).or_default() += 1;
-                    if !c.kernel_chains.contains(ch) {
-                        new_chains.insert(*ch);
-                    }
-                }
-                for ((k, v), comment) in new.elements.iter().zip(&new.comments) {
-                    let list = c.owners.entry(k.clone()).or_default();
-                    let pos = list.partition_point(|(o, _, _)| o.as_ref() < key);
-                    list.insert(pos, (owner.clone(), v.clone(), comment.clone()));
-                    touched.push(k.clone());
-                }
-            }
-        }
-        if !new_chains.is_empty() {
-            let all: BTreeSet<LbChain> = c.kernel_chains.union(&new_chains).copied().collect();
-            nft::apply_script(&layout::structure_script(&c.options.structure, &all))
+        if let Some(chains) = &plan.structure {
+            nft::apply_script(&layout::structure_script(&options.structure, chains))
                 .map_err(|e| ProxyError::Structure(e.to_string()))?;
-            c.kernel_chains = all;
             report.structure_loaded = true;
         }
-
-        let mut deletes: BTreeMap<SetId, Vec<SetElement>> = BTreeMap::new();
-        let mut adds: BTreeMap<SetId, Vec<SetElement>> = BTreeMap::new();
-        let mut kernel_changes: Vec<(ElemKey, Option<Held>)> = Vec::new();
-        let mut done: HashSet<&ElemKey> = HashSet::new();
-        for k in &touched {
-            if !done.insert(k) {
-                continue;
-            }
-            let want: Option<Held> = c.owners.get(k).map(|l| (l[0].1.clone(), l[0].2.clone()));
-            let have = c.kernel.get(k);
-            if want.as_ref() == have {
-                continue;
-            }
-            if let Some(v) = have {
-                deletes.entry(k.set).or_default().push(encode_held(k, v));
-                report.elements_deleted += 1;
-            }
-            if let Some(v) = &want {
-                adds.entry(k.set).or_default().push(encode_held(k, v));
-                report.elements_added += 1;
-            }
-            kernel_changes.push((k.clone(), want));
+        let ops = set_ops(&plan);
+        if !ops.is_empty() {
+            let stats = nft::commit_set_ops(Family::Inet, TABLE, &ops).map_err(|source| {
+                ProxyError::Elements {
+                    elements: if plan.full {
+                        plan.adds.len()
+                    } else {
+                        plan.adds.len() + plan.deletes.len()
+                    },
+                    source,
+                }
+            })?;
+            report.netlink_bytes = stats.bytes;
+            report.netlink_messages = stats.messages;
         }
-        let mut ops: Vec<SetOp> = deletes
-            .into_iter()
-            .map(|(set, elements)| SetOp::Delete {
-                set: set.name(),
-                elements,
-            })
-            .collect();
-        ops.extend(adds.into_iter().map(|(set, elements)| SetOp::Add {
-            set: set.name(),
-            elements,
-        }));
-        let stats = nft::commit_set_ops(Family::Inet, TABLE, &ops).map_err(|source| {
-            ProxyError::Elements {
-                elements: report.elements_added + report.elements_deleted,
-                source,
-            }
-        })?;
-        report.netlink_bytes = stats.bytes;
-        report.netlink_messages = stats.messages;
-        for (k, v) in kernel_changes {
-            match v {
-                Some(v) => c.kernel.insert(k, v),
-                None => c.kernel.remove(&k),
-            };
-        }
-        for (key, _, new) in &changed {
-            match new {
-                Some(n) => c.services.insert(key.clone(), n.clone()),
-                None => c.services.remove(key),
-            };
-        }
-        report.elements_total = c.kernel.len();
-
-        // Chains no element names any more.
-        let unused: Vec<LbChain> = c
-            .chain_refs
-            .iter()
-            .filter(|(_, n)| **n == 0)
-            .map(|(ch, _)| *ch)
-            .collect();
-        if !unused.is_empty() {
-            for ch in &unused {
-                c.chain_refs.remove(ch);
-            }
-            let names: Vec<String> = unused
-                .iter()
-                .filter(|ch| c.kernel_chains.contains(ch))
-                // A masq chain goes before the chain it jumps to.
-                .map(LbChain::name)
-                .collect();
-            let mut names = names;
-            names.sort_by_key(|n| !n.ends_with("-masq"));
-            match nft::delete_chains(Family::Inet, TABLE, &names) {
-                Ok(()) => {
-                    report.chains_deleted = names.len();
-                    for ch in &unused {
-                        c.kernel_chains.remove(ch);
+        let deleted = match &plan.chains_after {
+            ChainCleanup::None => Vec::new(),
+            // Generated chains nobody needs (a previous run's, or ours
+            // before a failure) go now that no element names them.
+            ChainCleanup::AllBut(wanted) => {
+                let existing = nft::list_chains(Family::Inet, TABLE)
+                    .map_err(kernel_err("listing the proxy's chains"))?;
+                let stale: Vec<String> = existing
+                    .into_iter()
+                    .filter(|c| LbChain::is_generated_name(c) && !wanted.contains(c))
+                    .collect();
+                if !stale.is_empty() {
+                    match nft::delete_chains(Family::Inet, TABLE, &stale) {
+                        Ok(()) => report.chains_deleted = stale.len(),
+                        Err(err) => {
+                            tracing::warn!(%err, "cannot delete unused proxy chains; will retry")
+                        }
                     }
                 }
-                Err(err) => {
-                    tracing::debug!(%err, "unused proxy chains stay until the next full sync")
+                Vec::new()
+            }
+            ChainCleanup::These(chains) => {
+                let names: Vec<String> = chains.iter().map(LbChain::name).collect();
+                match nft::delete_chains(Family::Inet, TABLE, &names) {
+                    Ok(()) => {
+                        report.chains_deleted = names.len();
+                        chains.clone()
+                    }
+                    Err(err) => {
+                        tracing::debug!(%err, "unused proxy chains stay until the next full sync");
+                        Vec::new()
+                    }
                 }
             }
-        }
-
+        };
         if !self.skip_cleanup {
-            for (_, old, new) in &changed {
+            for (_, old, new) in &plan.changed {
                 let (f, a) = cleanup(old.as_deref(), new.as_deref());
                 report.conntrack_flushes += f;
                 report.affinity_purged += a;
             }
         }
+        let mut committed = plan.adopt(self.committed.take());
+        if let Some(c) = committed.as_mut() {
+            c.chains_deleted(&deleted);
+            report.elements_total = c.kernel.len();
+        }
+        self.committed = committed;
         Ok(report)
     }
 }

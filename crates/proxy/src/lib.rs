@@ -16,6 +16,7 @@ mod error;
 pub mod http;
 pub mod layout;
 pub mod metrics;
+mod sync_plan;
 
 pub use agent::{ProxyOptions, ProxyStatus, ServiceProxy, interest, plan_for};
 pub use compile::{

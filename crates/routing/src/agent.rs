@@ -6,6 +6,10 @@
 //! on its own Node when a [`ClusterWriter`] is given (Kubernetes mode), and
 //! its peers learn it from there.
 //!
+//! [`RoutingAgent::repair`] applies the plan at once when `podwire agent`
+//! sees (through netlink notifications) that someone else deleted one of
+//! its routes, its VXLAN device or touched its masquerade table.
+//!
 //! The loop itself is the source's ([`podwire_model::Watch`]); this is
 //! what it calls.
 
@@ -169,6 +173,33 @@ impl RoutingAgent {
                 Err(err)
             }
         }
+    }
+
+    /// Someone else removed or changed what the plan owns (a route, the
+    /// VXLAN device, the masquerade table): applies the plan again now.
+    /// `masquerade`: reload the nft table even if it still exists (its
+    /// rules may have been flushed). Returns how long it took; None before
+    /// the first plan.
+    pub fn repair(&mut self, masquerade: bool) -> Option<Result<Duration, RoutingError>> {
+        self.plan.as_ref()?;
+        let started = Instant::now();
+        if masquerade {
+            self.applied = false;
+        }
+        let generation = self.status.as_ref().map(|s| s.generation).unwrap_or(0);
+        Some(
+            self.apply_plan(generation, None)
+                .map(|()| started.elapsed()),
+        )
+    }
+
+    /// Whether the current plan has a device of this name (the VXLAN
+    /// device in vxlan mode).
+    pub fn owns_link(&self, name: &str) -> bool {
+        self.plan
+            .as_ref()
+            .and_then(|p| p.vxlan.as_ref())
+            .is_some_and(|d| d.name == name)
     }
 
     /// Applies the last plan again when due (periodic re-assertion, retry
