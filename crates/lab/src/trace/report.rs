@@ -295,7 +295,12 @@ pub fn render(visits: &[Visit], ctx: &Context<'_>) -> Vec<Hop> {
         } else if v.delivered_locally(ctx.own_table) {
             lines.push("delivered to this namespace (input)".into());
         } else if v.left(ctx.own_table) {
-            let next = visits.get(i + 1).and_then(|n| ctx.places.get(&n.nsid));
+            // The next visit in the same direction: a reply seen next means
+            // the packet left the traced flow here.
+            let next = visits
+                .get(i + 1)
+                .filter(|n| n.forward == v.forward)
+                .and_then(|n| ctx.places.get(&n.nsid));
             let out = v.oif().map(link).unwrap_or_else(|| "?".into());
             let mut line = format!("out on {out}");
             if let Some(n) = next {
@@ -310,6 +315,12 @@ pub fn render(visits: &[Visit], ctx: &Context<'_>) -> Vec<Hop> {
                 {
                     line.push_str(&format!(", encapsulated to {ip}:8472"));
                 }
+            } else if v.forward && lines.iter().any(|l| l.starts_with("SNAT")) {
+                // The trace rules match the probe's own source port, which
+                // a fully-random masquerade replaces.
+                line.push_str(
+                    " (not traced further: masquerade gave the packet a new source port)",
+                );
             }
             lines.push(line);
         }
