@@ -3,31 +3,15 @@
 //! by a guard even on failure), traced with `meta nftrace set 1` on its
 //! source port. Needs root; touches nothing outside its namespaces.
 
+mod common;
+
 use std::net::TcpListener;
-use std::process::{Command, Stdio};
+
+use common::{Namespaces, sh};
 use std::time::Duration;
 
 use podwire_kernel::Netns;
 use podwire_kernel::nftrace::{TraceKind, TraceListener};
-
-struct Namespaces(Vec<String>);
-
-impl Drop for Namespaces {
-    fn drop(&mut self) {
-        for ns in &self.0 {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-    }
-}
-
-fn sh(script: &str) {
-    let ok = Command::new("sh")
-        .args(["-ec", script])
-        .stdin(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(ok, "{script}");
-}
 
 fn trace_table(port: u16) -> String {
     format!(

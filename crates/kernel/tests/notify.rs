@@ -5,29 +5,14 @@
 //! recognised as its own. Same for a route deleted with `ip` versus one
 //! deleted through podwire's netlink. Needs root.
 
-use std::process::{Command, Stdio};
+mod common;
+
+use common::{Namespaces, sh};
 use std::time::{Duration, Instant};
 
 use podwire_kernel::notify::{ChangeListener, NftObject, Notification};
 use podwire_kernel::own::is_own;
 use podwire_kernel::{Netlink, Netns, nft};
-
-struct Namespace(String);
-
-impl Drop for Namespace {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
-fn sh(script: &str) {
-    let ok = Command::new("sh")
-        .args(["-ec", script])
-        .stdin(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(ok, "{script}");
-}
 
 /// Reads until `done` says the collected notifications are enough (or 3 s).
 fn collect(l: &mut ChangeListener, done: impl Fn(&[Notification]) -> bool) -> Vec<Notification> {
@@ -57,9 +42,9 @@ fn nft_changes(notes: &[Notification]) -> Vec<(NftObject, bool, String, Option<S
         .collect()
 }
 
-fn setup(tag: &str) -> (Namespace, Netns) {
+fn setup(tag: &str) -> (Namespaces, Netns) {
     let name = format!("pwn{}{tag}", std::process::id());
-    let guard = Namespace(name.clone());
+    let guard = Namespaces(vec![name.clone()]);
     sh(&format!(
         "ip netns add {name}; ip -n {name} link set lo up; \
          ip -n {name} link add pwv0 type veth peer name pwv1; \
@@ -73,7 +58,7 @@ fn setup(tag: &str) -> (Namespace, Netns) {
 #[test]
 fn a_foreign_nft_is_seen_with_its_table_and_program_and_ours_as_ours() {
     let (guard, ns) = setup("n");
-    let name = guard.0.clone();
+    let name = guard.0[0].clone();
     let mut l = ns
         .run(|| ChangeListener::new(false))
         .expect("enter")
@@ -152,7 +137,7 @@ fn a_foreign_nft_is_seen_with_its_table_and_program_and_ours_as_ours() {
 #[test]
 fn a_route_deleted_by_someone_else_is_seen_and_ours_is_ours() {
     let (guard, ns) = setup("r");
-    let name = guard.0.clone();
+    let name = guard.0[0].clone();
     let mut l = ns
         .run(|| ChangeListener::new(false))
         .expect("enter")

@@ -4,27 +4,13 @@
 //! packet (unreachable, blackhole), whose lookups the kernel refuses with an
 //! errno that names the type. Needs root.
 
+mod common;
+
 use std::net::IpAddr;
-use std::process::{Command, Stdio};
+
+use common::{Namespaces, sh};
 
 use podwire_kernel::{Netlink, Netns};
-
-struct Namespace(String);
-
-impl Drop for Namespace {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
-fn sh(script: &str) {
-    let ok = Command::new("sh")
-        .args(["-ec", script])
-        .stdin(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(ok, "{script}");
-}
 
 fn ip(text: &str) -> IpAddr {
     text.parse().unwrap()
@@ -33,7 +19,7 @@ fn ip(text: &str) -> IpAddr {
 #[test]
 fn decisions_name_gateway_device_and_refusing_route_types() {
     let ns = format!("pwrg{}", std::process::id());
-    let _guard = Namespace(ns.clone());
+    let _guard = Namespaces(vec![ns.clone()]);
     sh(&format!(
         "ip netns add {ns}; ip -n {ns} link set lo up; \
          ip -n {ns} link add rg0 type veth peer name rg1; \
