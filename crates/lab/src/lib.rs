@@ -15,6 +15,7 @@ pub mod error;
 pub mod get;
 pub mod graph;
 pub mod health;
+pub mod inspect;
 pub mod kubelet;
 pub mod manifest;
 mod names;

@@ -19,9 +19,10 @@ use super::{
     EndpointRef, ExternalBox, LabPicture, LinkKind, NodeBox, NodeLink, PodBox, ServiceBox, Step,
     TraceOverlay, UnderlayBox,
 };
-use crate::error::{LabError, Result};
+use crate::error::Result;
+use crate::inspect::RunningLab;
 use crate::manifest::LabSpec;
-use crate::paths::{LabPaths, netns_path};
+use crate::paths::netns_path;
 use crate::plan::LabPlan;
 use crate::trace::places::{Place, PlaceKind};
 use crate::trace::{Trace, TraceRequest};
@@ -71,14 +72,13 @@ pub struct NodeFacts {
 
 /// The picture of lab `lab` as it is now.
 pub fn collect(lab: &str) -> Result<LabPicture> {
-    let paths = LabPaths::new(lab)?;
-    if !paths.exists() {
-        return Err(LabError::NoSuchLab(lab.to_string()));
-    }
-    let spec = crate::record::load_record(&paths)?.spec;
-    let plan = crate::plan::plan_lab(&spec)?;
-    let state = crate::state(lab)?;
-    let mode = crate::ControlPlaneMode::of(&paths);
+    let RunningLab {
+        paths,
+        spec,
+        plan,
+        state,
+        mode,
+    } = RunningLab::open(lab)?;
     let facts: BTreeMap<String, NodeFacts> = plan
         .nodes
         .iter()
@@ -328,17 +328,7 @@ fn services(state: &ClusterState, pods: &[PodBox]) -> Vec<ServiceBox> {
             })
             .collect();
         let mut endpoints = Vec::new();
-        for slice in state.endpoint_slices.values() {
-            let owner = slice
-                .metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get("kubernetes.io/service-name"));
-            if slice.metadata.namespace.as_deref() != Some(namespace.as_str())
-                || owner != Some(name)
-            {
-                continue;
-            }
+        for slice in crate::inspect::slices_of(state, namespace, name) {
             for ep in slice.endpoints.iter().flatten() {
                 let ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
                 let by_ref = ep
@@ -381,12 +371,9 @@ fn services(state: &ClusterState, pods: &[PodBox]) -> Vec<ServiceBox> {
 
 /// A finished trace as an overlay: its path mapped onto the lab's places.
 pub fn overlay(lab: &str, req: &TraceRequest, trace: &Trace) -> Result<TraceOverlay> {
-    let paths = LabPaths::new(lab)?;
-    let spec = crate::record::load_record(&paths)?.spec;
-    let plan = crate::plan::plan_lab(&spec)?;
-    let state = crate::state(lab)?;
-    let kube = crate::ControlPlaneMode::of(&paths) == crate::ControlPlaneMode::Kubernetes;
-    let all = crate::trace::places::places(&paths, &spec, &plan, &state, kube);
+    let lab = RunningLab::open(lab)?;
+    let kube = lab.mode == crate::ControlPlaneMode::Kubernetes;
+    let all = crate::trace::places::places(&lab.paths, &lab.spec, &lab.plan, &lab.state, kube);
     Ok(TraceOverlay {
         title: format!("{} {} → {}", req.proto.name(), req.src, req.dest),
         path: steps(&trace.path(), &all),

@@ -48,17 +48,7 @@ pub fn explain_service(state: &ClusterState, all: &[Place], key: &(String, Strin
         ));
     }
     let mut endpoints = Vec::new();
-    for slice in state.endpoint_slices.values() {
-        let owner = slice
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get("kubernetes.io/service-name"));
-        if slice.metadata.namespace.as_deref() != Some(key.0.as_str())
-            || owner.map(String::as_str) != Some(key.1.as_str())
-        {
-            continue;
-        }
+    for slice in crate::inspect::slices_of(state, &key.0, &key.1) {
         let ports: Vec<String> = slice
             .ports
             .iter()

@@ -23,7 +23,9 @@ use podwire_kernel::nftrace::TraceListener;
 use podwire_kernel::{Netlink, Netns};
 
 use crate::error::{LabError, Result};
+use crate::inspect::RunningLab;
 use crate::paths::LabPaths;
+
 use places::{Place, PlaceKind};
 pub use probe::Proto;
 use probe::{Outcome, TraceTables};
@@ -94,14 +96,14 @@ impl fmt::Display for Trace {
 
 /// Runs a trace in lab `lab`.
 pub fn trace(lab: &str, req: &TraceRequest) -> Result<Trace> {
-    let paths = LabPaths::new(lab)?;
-    if !paths.exists() {
-        return Err(LabError::NoSuchLab(lab.to_string()));
-    }
-    let spec = crate::record::load_record(&paths)?.spec;
-    let plan = crate::plan::plan_lab(&spec)?;
-    let state = crate::state(lab)?;
-    let kube = crate::ControlPlaneMode::of(&paths) == crate::ControlPlaneMode::Kubernetes;
+    let RunningLab {
+        paths,
+        spec,
+        plan,
+        state,
+        mode,
+    } = RunningLab::open(lab)?;
+    let kube = mode == crate::ControlPlaneMode::Kubernetes;
     let all = places::places(&paths, &spec, &plan, &state, kube);
     let src = places::find_source(&all, &req.src)?.clone();
     let src_ns = Netns::open(&src.netns)?;
