@@ -141,6 +141,24 @@ fn pod(i: usize) -> Result<Pod> {
 
 // ------------------------------------------------------------ API client
 
+/// What the bench creates through the API: any typed Kubernetes object.
+pub trait ApiObject:
+    kube::Resource + Clone + DeserializeOwned + Serialize + std::fmt::Debug + Send + Sync + 'static
+{
+}
+
+impl<K> ApiObject for K where
+    K: kube::Resource
+        + Clone
+        + DeserializeOwned
+        + Serialize
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// A kube-rs client (admin kubeconfig) on a runtime whose threads all live
 /// in the client namespace, so every socket it opens is on the underlay.
 pub struct ApiClient {
@@ -252,23 +270,40 @@ impl ApiClient {
     /// what the server throttles; already existing ones count as created.
     pub fn create_many<K>(&self, api: Api<K>, objects: Vec<K>, what: &str) -> Result<Duration>
     where
-        K: kube::Resource
-            + Clone
-            + DeserializeOwned
-            + Serialize
-            + std::fmt::Debug
-            + Send
-            + Sync
-            + 'static,
+        K: ApiObject,
+    {
+        let each = objects.into_iter().map(|o| (api.clone(), o)).collect();
+        self.create_each(each, what)
+    }
+
+    /// Creates `objects`, each in its namespace, CONCURRENCY in flight; the
+    /// time until the last was acknowledged. (This file is shared by the
+    /// kube and netpol benches; only netpol creates across namespaces.)
+    #[allow(dead_code)]
+    pub fn create_in<K>(&self, objects: Vec<(String, K)>, what: &str) -> Result<Duration>
+    where
+        K: ApiObject + kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        K::DynamicType: Default,
+    {
+        let client = self.client();
+        let each = objects
+            .into_iter()
+            .map(|(ns, o)| (Api::namespaced(client.clone(), &ns), o))
+            .collect();
+        self.create_each(each, what)
+    }
+
+    /// The bulk creation both of the above are: each object through its
+    /// own Api handle, retried as [`create_retry`] does.
+    fn create_each<K>(&self, objects: Vec<(Api<K>, K)>, what: &str) -> Result<Duration>
+    where
+        K: ApiObject,
     {
         let what = what.to_string();
         self.run(async move {
             let started = Instant::now();
             futures::stream::iter(objects)
-                .map(|obj| {
-                    let api = api.clone();
-                    async move { create_retry(&api, &obj).await.map(drop) }
-                })
+                .map(|(api, obj)| async move { create_retry(&api, &obj).await.map(drop) })
                 .buffer_unordered(CONCURRENCY)
                 .try_collect::<Vec<()>>()
                 .await

@@ -278,7 +278,7 @@ impl Knp {
                 "metadata": {"name": "default", "namespace": n}}))?;
             accounts.push((n.clone(), sa));
         }
-        self.create_in(accounts, "service accounts")?;
+        self.api.create_in(accounts, "service accounts")?;
         let mut pods = Vec::new();
         for j in 0..crate::PODS {
             let (ns, app, node) = (
@@ -319,7 +319,7 @@ impl Knp {
         );
         // The server stays isolated throughout: every step only adds or
         // removes what admits the client.
-        self.create_in(
+        self.api.create_in(
             vec![(
                 BENCH_NS.to_string(),
                 server_policy("deny", serde_json::Value::Null, false)?,
@@ -327,37 +327,6 @@ impl Knp {
             "the server's isolating policy",
         )?;
         Ok(())
-    }
-
-    /// Creates `objects` (namespace, object), CONCURRENCY in flight; the
-    /// time until the last was acknowledged.
-    fn create_in<K>(&self, objects: Vec<(String, K)>, what: &str) -> Result<Duration>
-    where
-        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
-            + Clone
-            + DeserializeOwned
-            + Serialize
-            + std::fmt::Debug
-            + Send
-            + Sync
-            + 'static,
-        K::DynamicType: Default,
-    {
-        let c = self.api.client();
-        let what = what.to_string();
-        self.api.run(async move {
-            let started = Instant::now();
-            futures::stream::iter(objects)
-                .map(|(ns, obj)| {
-                    let api: Api<K> = Api::namespaced(c.clone(), &ns);
-                    async move { create_retry(&api, &obj).await }
-                })
-                .buffer_unordered(CONCURRENCY)
-                .try_collect::<Vec<()>>()
-                .await
-                .with_context(|| format!("create {what}"))?;
-            Ok(started.elapsed())
-        })
     }
 
     /// Deletes the NetworkPolicies of `ns` matching `selector` ("" = all).
@@ -592,8 +561,8 @@ exec "$@""#;
                 self.clear_load()?;
                 let load = (0..n).map(load_policy).collect::<Result<Vec<_>>>()?;
                 let t0 = Instant::now();
-                self.create_in(load, "load policies")?;
-                self.create_in(
+                self.api.create_in(load, "load policies")?;
+                self.api.create_in(
                     vec![(BENCH_NS.to_string(), allow_policy()?)],
                     "allow policy",
                 )?;
@@ -643,8 +612,8 @@ exec "$@""#;
                         Ok((BENCH_NS.to_string(), server_policy(&format!("np{i:04}"), from, true)?))
                     })
                     .collect::<Result<Vec<_>>>()?;
-                self.create_in(fill, "fill policies")?;
-                self.create_in(
+                self.api.create_in(fill, "fill policies")?;
+                self.api.create_in(
                     vec![(BENCH_NS.to_string(), allow_policy()?)],
                     "allow policy",
                 )?;
