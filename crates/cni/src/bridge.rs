@@ -614,7 +614,7 @@ fn live_elements(
     dir: &Path,
     network: &str,
     alive: impl Fn(&str, &str) -> bool,
-) -> Result<Vec<podwire_kernel::nft::Element>> {
+) -> Result<Vec<firewall::MapEntry>> {
     let mut out = Vec::new();
     for entry in state::scan(dir, network)? {
         if let state::Record::Found(att) = &entry.record

@@ -8,7 +8,7 @@
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use podwire_kernel::nft::{Element, ElementData, Field};
+use podwire_kernel::nft::{Element, ElementData, Field, Verdict};
 
 use crate::error::{Error, Result};
 use crate::netconf::PortMapping;
@@ -28,19 +28,29 @@ pub fn spoof_script() -> String {
     )
 }
 
+/// An element and the map it goes in: what one attachment owns spans
+/// several maps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MapEntry {
+    pub set: String,
+    pub element: Element,
+}
+
+impl MapEntry {
+    fn new(set: impl Into<String>, element: Element) -> MapEntry {
+        MapEntry {
+            set: set.into(),
+            element,
+        }
+    }
+}
+
 /// The spoof-check elements of one port.
-pub fn spoof_elements(host_veth: &str, mac: [u8; 6]) -> Vec<Element> {
+pub fn spoof_elements(host_veth: &str, mac: [u8; 6]) -> Vec<MapEntry> {
+    let port = Field::IfName(host_veth.to_string());
     vec![
-        Element {
-            set: "spoof_ports".into(),
-            key: vec![Field::IfName(host_veth.to_string())],
-            data: ElementData::None,
-        },
-        Element {
-            set: "spoof_allowed".into(),
-            key: vec![Field::Mac(mac), Field::IfName(host_veth.to_string())],
-            data: ElementData::None,
-        },
+        MapEntry::new("spoof_ports", Element::keyed(std::slice::from_ref(&port))),
+        MapEntry::new("spoof_allowed", Element::keyed(&[Field::Mac(mac), port])),
     ]
 }
 
@@ -240,11 +250,11 @@ pub fn owner_tag(plugin: &str, network: &str, container_id: &str, ifname: &str) 
 
 /// The container address an element of `set` names: the key of a
 /// masquerade or hairpin element, the value (DNAT target) of a hostport.
-pub fn element_ip(set: &str, key: &[u8], value: Option<&[u8]>) -> Option<IpAddr> {
-    let bytes = if set.starts_with("hostports") {
-        value?
-    } else {
-        key
+pub fn element_ip(set: &str, element: &Element) -> Option<IpAddr> {
+    let bytes = match &element.data {
+        _ if !set.starts_with("hostports") => &element.key,
+        ElementData::Value(value) => value,
+        _ => return None,
     };
     if set.ends_with('4') || set.ends_with("4_ip") {
         let octets: [u8; 4] = bytes.get(..4)?.try_into().ok()?;
@@ -320,22 +330,21 @@ pub fn container_elements(
     ips: &[IpAddr],
     ip_masq: bool,
     mappings: &[PortMapping],
-) -> Result<Vec<Element>> {
+) -> Result<Vec<MapEntry>> {
     let mut out = Vec::new();
     for ip in ips {
         let v4 = ip.is_ipv4();
         let suffix = if v4 { "4" } else { "6" };
         if ip_masq {
-            out.push(Element {
-                set: format!("masq{suffix}"),
-                key: vec![Field::Addr(*ip)],
-                data: ElementData::Jump(masq_chain(netid)),
-            });
+            out.push(MapEntry::new(
+                format!("masq{suffix}"),
+                Element::keyed(&[Field::Addr(*ip)]).with_verdict(Verdict::Jump(masq_chain(netid))),
+            ));
         }
         let mut any_mapping = false;
         for m in mappings {
             let proto = protocol_number(&m.protocol)?;
-            let data = ElementData::Value(vec![Field::Addr(*ip), Field::Port(m.container_port)]);
+            let target = [Field::Addr(*ip), Field::Port(m.container_port)];
             let host_ip = match m.host_ip.as_deref().filter(|h| !h.is_empty()) {
                 Some(text) => Some(text.parse::<IpAddr>().map_err(|_| {
                     Error::config(format!("invalid hostIP {text:?}"), "give an IP address")
@@ -344,29 +353,29 @@ pub fn container_elements(
             };
             match host_ip {
                 Some(h) if h.is_ipv4() != v4 => continue,
-                Some(h) => out.push(Element {
-                    set: format!("hostports{suffix}_ip"),
-                    key: vec![
+                Some(h) => out.push(MapEntry::new(
+                    format!("hostports{suffix}_ip"),
+                    Element::keyed(&[
                         Field::Addr(h),
                         Field::Proto(proto),
                         Field::Port(m.host_port),
-                    ],
-                    data,
-                }),
-                None => out.push(Element {
-                    set: format!("hostports{suffix}"),
-                    key: vec![Field::Proto(proto), Field::Port(m.host_port)],
-                    data,
-                }),
+                    ])
+                    .with_value(&target),
+                )),
+                None => out.push(MapEntry::new(
+                    format!("hostports{suffix}"),
+                    Element::keyed(&[Field::Proto(proto), Field::Port(m.host_port)])
+                        .with_value(&target),
+                )),
             }
             any_mapping = true;
         }
         if any_mapping {
-            out.push(Element {
-                set: format!("hairpin{suffix}"),
-                key: vec![Field::Addr(*ip)],
-                data: ElementData::Jump(hairpin_chain(netid)),
-            });
+            out.push(MapEntry::new(
+                format!("hairpin{suffix}"),
+                Element::keyed(&[Field::Addr(*ip)])
+                    .with_verdict(Verdict::Jump(hairpin_chain(netid))),
+            ));
         }
     }
     Ok(out)
@@ -375,6 +384,7 @@ pub fn container_elements(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use podwire_kernel::nft::encode_concat;
 
     fn pm(host: u16, cport: u16, proto: &str, host_ip: Option<&str>) -> PortMapping {
         PortMapping {
@@ -411,16 +421,26 @@ mod tests {
                 "hairpin6"
             ]
         );
-        assert_eq!(els[0].data, ElementData::Jump("masq-n-1".into()));
-        assert_eq!(els[1].key, vec![Field::Proto(6), Field::Port(8080)]);
-        assert_eq!(els[2].key[0], Field::Addr("127.0.0.1".parse().unwrap()));
+        assert_eq!(
+            els[0].element.data,
+            ElementData::Verdict(Verdict::Jump("masq-n-1".into()))
+        );
+        assert_eq!(
+            els[1].element.key,
+            encode_concat(&[Field::Proto(6), Field::Port(8080)])
+        );
+        assert_eq!(
+            els[1].element.data,
+            ElementData::Value(encode_concat(&[Field::Addr(ips[0]), Field::Port(80)]))
+        );
+        assert_eq!(els[2].element.key[..4], [127, 0, 0, 1]);
     }
 
     #[test]
     fn spoof_check_guards_one_port_with_its_mac() {
         let els = spoof_elements("veth1", [2, 0, 0, 0, 0, 1]);
-        assert_eq!(els[0].key, vec![Field::IfName("veth1".into())]);
-        assert_eq!(els[1].key[0], Field::Mac([2, 0, 0, 0, 0, 1]));
+        assert_eq!(els[0].element.key[..6], *b"veth1\0");
+        assert_eq!(els[1].element.key[..8], [2, 0, 0, 0, 0, 1, 0, 0]);
         assert!(spoof_script().contains("ether saddr . iifname != @spoof_allowed drop"));
     }
 
@@ -442,7 +462,6 @@ mod tests {
 
     #[test]
     fn addresses_and_ports_are_read_back_from_raw_elements() {
-        use podwire_kernel::nft::encode_concat;
         let ip: IpAddr = "10.1.0.5".parse().unwrap();
         let ip6: IpAddr = "fd00::5".parse().unwrap();
         let els = container_elements(
@@ -456,23 +475,21 @@ mod tests {
         )
         .unwrap();
         for e in &els {
-            let value = match &e.data {
-                ElementData::Value(fields) => Some(encode_concat(fields)),
-                _ => None,
-            };
-            let key = encode_concat(&e.key);
-            let got = element_ip(&e.set, &key, value.as_deref()).unwrap();
+            let key = &e.element.key;
+            let got = element_ip(&e.set, &e.element).unwrap();
             assert_eq!(got.is_ipv4(), e.set.contains('4'), "{}", e.set);
             assert!(got == ip || got == ip6, "{}", e.set);
             if e.set.starts_with("hostports") {
-                let (proto, port) = hostport_of(&e.set, &key).unwrap();
+                let (proto, port) = hostport_of(&e.set, key).unwrap();
                 assert!((proto, port) == (17, 8080) || (proto, port) == (6, 53));
             }
         }
         let spoof = spoof_elements("vethabc", [2, 0, 0, 0, 0, 1]);
         for e in &spoof {
-            let key = encode_concat(&e.key);
-            assert_eq!(spoof_ifname(&e.set, &key).as_deref(), Some("vethabc"));
+            assert_eq!(
+                spoof_ifname(&e.set, &e.element.key).as_deref(),
+                Some("vethabc")
+            );
         }
     }
 

@@ -3,17 +3,39 @@
 //! attachment's map elements in one netlink transaction.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use podwire_kernel::conntrack;
-use podwire_kernel::nft::{self, ElementBatch, Family};
+use podwire_kernel::nft::{self, Element, ElementData, Family, Transaction};
 
 use crate::error::{Error, Result};
-use crate::firewall::{self, FAMILY, TABLE};
+use crate::firewall::{self, FAMILY, MapEntry, TABLE};
 use crate::state::Attachment;
 
 fn nft_error(what: &str, err: podwire_kernel::Error) -> Error {
     Error::internal(format!("nftables: {what}"), err)
+}
+
+/// Adds `entries`, each tagged with `owner`, in one transaction.
+fn adding(entries: Vec<MapEntry>, owner: &str) -> Transaction {
+    let owner: Arc<str> = owner.into();
+    let mut tx = Transaction::new();
+    for MapEntry { set, mut element } in entries {
+        element.owner = Some(owner.clone());
+        tx.add(&set, [element]);
+    }
+    tx
+}
+
+/// Removes `entries` in one transaction; missing ones are fine (DEL is
+/// idempotent).
+fn destroying(entries: Vec<MapEntry>) -> Transaction {
+    let mut tx = Transaction::new();
+    for MapEntry { set, element } in entries {
+        tx.destroy(&set, [element]);
+    }
+    tx
 }
 
 /// Makes sure the table and this network's chains exist, then adds the
@@ -38,22 +60,17 @@ pub fn install(att: &Attachment, subnets: &[IpNet], owner: &str) -> Result<()> {
         nft::apply_script(&script)
             .map_err(|e| nft_error(&format!("creating table {FAMILY} {TABLE}"), e))?;
     }
-    let batch = ElementBatch {
-        add: elements,
-        delete: Vec::new(),
-    };
-    nft::apply_elements_with_owner(Family::Inet, TABLE, &batch, Some(owner)).map_err(|e| {
-        match e.errno() {
-            Some(libc::EBUSY) | Some(libc::EEXIST) => Error::internal(
-                "a published host port is already taken by another container",
-                format!(
-                    "port mappings {:?}: choose another hostPort",
-                    att.port_mappings
-                ),
+    nft::commit(Family::Inet, TABLE, &adding(elements, owner)).map_err(|e| match e.errno() {
+        Some(libc::EBUSY) | Some(libc::EEXIST) => Error::internal(
+            "a published host port is already taken by another container",
+            format!(
+                "port mappings {:?}: choose another hostPort",
+                att.port_mappings
             ),
-            _ => nft_error("adding elements", e),
-        }
-    })
+        ),
+        _ => nft_error("adding elements", e),
+    })?;
+    Ok(())
 }
 
 /// Removes the attachment's elements (missing ones are fine) and flushes
@@ -63,11 +80,7 @@ pub fn remove(att: &Attachment) -> Result<()> {
         && nft::table_exists(Family::Bridge, TABLE)
             .map_err(|e| nft_error("looking up the bridge table", e))?
     {
-        let batch = ElementBatch {
-            add: Vec::new(),
-            delete: elements,
-        };
-        nft::apply_elements(Family::Bridge, TABLE, &batch)
+        nft::commit(Family::Bridge, TABLE, &destroying(elements))
             .map_err(|e| nft_error("deleting spoof-check elements", e))?;
     }
     let elements =
@@ -79,11 +92,7 @@ pub fn remove(att: &Attachment) -> Result<()> {
         return Ok(());
     }
     let elements = owned_elements(elements)?;
-    let batch = ElementBatch {
-        add: Vec::new(),
-        delete: elements,
-    };
-    nft::apply_elements(Family::Inet, TABLE, &batch)
+    nft::commit(Family::Inet, TABLE, &destroying(elements))
         .map_err(|e| nft_error("deleting elements", e))?;
     for m in att
         .port_mappings
@@ -104,30 +113,30 @@ pub fn remove(att: &Attachment) -> Result<()> {
 /// was refused because the port was taken: only an element whose value
 /// points at this container's address is deleted. Other keys hold this
 /// container's own address and are deleted as they are.
-fn owned_elements(elements: Vec<nft::Element>) -> Result<Vec<nft::Element>> {
-    let mut kernel: std::collections::BTreeMap<String, Vec<nft::RawElement>> = Default::default();
+fn owned_elements(entries: Vec<MapEntry>) -> Result<Vec<MapEntry>> {
+    let mut kernel: std::collections::BTreeMap<String, Vec<Element>> = Default::default();
     let mut out = Vec::new();
-    for element in elements {
-        if !matches!(element.data, nft::ElementData::Value(_)) {
-            out.push(element);
+    for entry in entries {
+        if !matches!(entry.element.data, ElementData::Value(_)) {
+            out.push(entry);
             continue;
         }
-        if !kernel.contains_key(&element.set) {
-            let list = nft::list_elements(Family::Inet, TABLE, &element.set)
+        if !kernel.contains_key(&entry.set) {
+            let list = nft::list_elements(Family::Inet, TABLE, &entry.set)
                 .map_err(|e| nft_error("listing elements", e))?;
-            kernel.insert(element.set.clone(), list);
+            kernel.insert(entry.set.clone(), list);
         }
         if kernel
-            .get(&element.set)
-            .is_some_and(|list| list.iter().any(|raw| raw.is(&element)))
+            .get(&entry.set)
+            .is_some_and(|list| list.iter().any(|held| held.same_entry(&entry.element)))
         {
-            out.push(element);
+            out.push(entry);
         }
     }
     Ok(out)
 }
 
-fn spoof_elements(att: &Attachment) -> Option<Vec<nft::Element>> {
+fn spoof_elements(att: &Attachment) -> Option<Vec<MapEntry>> {
     let mac = podwire_kernel::link::parse_mac(att.spoof_mac.as_deref()?)?;
     Some(firewall::spoof_elements(att.host_veth.as_deref()?, mac))
 }
@@ -146,12 +155,9 @@ fn install_spoof_check(att: &Attachment, owner: &str) -> Result<()> {
             )
         })?;
     }
-    let batch = ElementBatch {
-        add: elements,
-        delete: Vec::new(),
-    };
-    nft::apply_elements_with_owner(Family::Bridge, TABLE, &batch, Some(owner))
-        .map_err(|e| nft_error("adding spoof-check elements", e))
+    nft::commit(Family::Bridge, TABLE, &adding(elements, owner))
+        .map_err(|e| nft_error("adding spoof-check elements", e))?;
+    Ok(())
 }
 
 /// What to remove when no readable record says exactly what an attachment
@@ -171,7 +177,7 @@ pub struct Sweep<'a> {
     /// Elements that live attachments own: kept whatever the rest says, so
     /// an address or port handed out again is never taken from its new
     /// owner.
-    pub keep: &'a [nft::Element],
+    pub keep: &'a [MapEntry],
 }
 
 /// Removes every element [`Sweep`] describes, in one transaction per map,
@@ -181,44 +187,33 @@ pub fn sweep(what: &Sweep) -> Result<usize> {
     let mut removed = 0;
     if nft::table_exists(Family::Inet, TABLE).map_err(|e| nft_error("looking up the table", e))? {
         for &set in what.maps {
-            let keep: Vec<(Vec<u8>, Option<Vec<u8>>)> = what
+            let keep: Vec<&Element> = what
                 .keep
                 .iter()
                 .filter(|e| e.set == set)
-                .map(|e| {
-                    let value = match &e.data {
-                        nft::ElementData::Value(fields) => Some(nft::encode_concat(fields)),
-                        _ => None,
-                    };
-                    (nft::encode_concat(&e.key), value)
-                })
+                .map(|e| &e.element)
                 .collect();
-            let listed = nft::list_elements_with_owners(Family::Inet, TABLE, set)
-                .map_err(|e| nft_error("listing elements", e))?;
-            let doomed: Vec<&nft::ListedElement> = listed
-                .iter()
+            let doomed: Vec<Element> = nft::list_elements(Family::Inet, TABLE, set)
+                .map_err(|e| nft_error("listing elements", e))?
+                .into_iter()
                 .filter(|e| match &e.owner {
                     Some(owner) => (what.owner)(owner),
-                    None => firewall::element_ip(set, &e.key, e.value.as_deref())
-                        .is_some_and(|ip| what.ips.contains(&ip)),
+                    None => firewall::element_ip(set, e).is_some_and(|ip| what.ips.contains(&ip)),
                 })
-                .filter(|e| {
-                    !keep
-                        .iter()
-                        .any(|(key, value)| *key == e.key && (value.is_none() || *value == e.value))
+                .filter(|e| !keep.iter().any(|k| k.same_entry(e)))
+                .collect();
+            let udp: Vec<(u16, IpAddr)> = doomed
+                .iter()
+                .filter_map(|e| match firewall::hostport_of(set, &e.key) {
+                    Some((17, port)) => Some((port, firewall::element_ip(set, e)?)),
+                    _ => None,
                 })
                 .collect();
-            let keys: Vec<Vec<u8>> = doomed.iter().map(|e| e.key.clone()).collect();
-            nft::destroy_elements_by_key(Family::Inet, TABLE, set, &keys)
-                .map_err(|e| nft_error("deleting elements", e))?;
-            removed += keys.len();
-            for e in doomed {
-                let (Some((17, port)), Some(ip)) = (
-                    firewall::hostport_of(set, &e.key),
-                    firewall::element_ip(set, &e.key, e.value.as_deref()),
-                ) else {
-                    continue;
-                };
+            removed += doomed.len();
+            let mut tx = Transaction::new();
+            tx.destroy(set, doomed);
+            nft::commit(Family::Inet, TABLE, &tx).map_err(|e| nft_error("deleting elements", e))?;
+            for (port, ip) in udp {
                 if let Err(err) = conntrack::flush_udp_port(port, Some(ip)) {
                     tracing::warn!(error = %err, port, "flushing UDP conntrack entries failed");
                 }
@@ -229,20 +224,20 @@ pub fn sweep(what: &Sweep) -> Result<usize> {
         .map_err(|e| nft_error("looking up the bridge table", e))?
     {
         for set in firewall::SPOOF_SETS {
-            let listed = nft::list_elements_with_owners(Family::Bridge, TABLE, set)
-                .map_err(|e| nft_error("listing spoof-check elements", e))?;
-            let keys: Vec<Vec<u8>> = listed
+            let doomed: Vec<Element> = nft::list_elements(Family::Bridge, TABLE, set)
+                .map_err(|e| nft_error("listing spoof-check elements", e))?
                 .into_iter()
                 .filter(|e| {
                     e.owner.as_deref().is_some_and(what.owner)
                         || firewall::spoof_ifname(set, &e.key)
                             .is_some_and(|name| what.host_veths.contains(&name))
                 })
-                .map(|e| e.key)
                 .collect();
-            nft::destroy_elements_by_key(Family::Bridge, TABLE, set, &keys)
+            removed += doomed.len();
+            let mut tx = Transaction::new();
+            tx.destroy(set, doomed);
+            nft::commit(Family::Bridge, TABLE, &tx)
                 .map_err(|e| nft_error("deleting spoof-check elements", e))?;
-            removed += keys.len();
         }
     }
     Ok(removed)

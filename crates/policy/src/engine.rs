@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use podwire_kernel::nft::{self, Family, SetElement, SetOp};
+use podwire_kernel::nft::{self, Element, Family, Transaction};
 
 use crate::compile::{Element4, Ruleset};
 use crate::error::PolicyError;
@@ -53,8 +53,8 @@ fn pods_diff(
     old: &BTreeMap<Ipv4Addr, String>,
     new: &BTreeMap<Ipv4Addr, String>,
     dir: &str,
-    del: &mut Vec<SetElement>,
-    add: &mut Vec<SetElement>,
+    del: &mut Vec<Element>,
+    add: &mut Vec<Element>,
 ) {
     for (ip, id) in old {
         if new.get(ip) != Some(id) {
@@ -72,8 +72,8 @@ fn set_diff(
     rs: &Ruleset,
     old: &BTreeSet<Element4>,
     new: &BTreeSet<Element4>,
-    del: &mut Vec<SetElement>,
-    add: &mut Vec<SetElement>,
+    del: &mut Vec<Element>,
+    add: &mut Vec<Element>,
 ) {
     del.extend(old.difference(new).map(|e| layout::allow_element(rs, e)));
     add.extend(new.difference(old).map(|e| layout::allow_element(rs, e)));
@@ -116,15 +116,15 @@ impl Engine {
         let chains: Vec<String> = rs.chains().into_iter().collect();
         nft::apply_script(&layout::structure_script(rs, &chains, self.log_group))
             .map_err(|e| PolicyError::Structure(e.to_string()))?;
-        let dir_elems = |pods: &BTreeMap<Ipv4Addr, String>, dir: &str| -> Vec<SetElement> {
+        let dir_elems = |pods: &BTreeMap<Ipv4Addr, String>, dir: &str| -> Vec<Element> {
             pods.iter()
                 .map(|(ip, id)| layout::pod_element(rs, *ip, &format!("{dir}-{id}")))
                 .collect()
         };
-        let mut ops: Vec<SetOp> = layout::SETS
-            .iter()
-            .map(|s| SetOp::Flush { set: s.to_string() })
-            .collect();
+        let mut tx = Transaction::new();
+        for set in layout::SETS {
+            tx.flush(set);
+        }
         let adds = [
             (INGRESS_MAP, dir_elems(&rs.ingress_pods, "in")),
             (EGRESS_MAP, dir_elems(&rs.egress_pods, "eg")),
@@ -146,14 +146,9 @@ impl Engine {
         let mut added = 0;
         for (set, elements) in adds {
             added += elements.len();
-            if !elements.is_empty() {
-                ops.push(SetOp::Add {
-                    set: set.to_string(),
-                    elements,
-                });
-            }
+            tx.add(set, elements);
         }
-        nft::commit_set_ops(Family::Inet, TABLE, &ops).map_err(|source| PolicyError::Elements {
+        nft::commit(Family::Inet, TABLE, &tx).map_err(|source| PolicyError::Elements {
             elements: added,
             source,
         })?;
@@ -192,7 +187,7 @@ impl Engine {
             }
             nft::apply_script(&script).map_err(|e| PolicyError::Structure(e.to_string()))?;
         }
-        let mut ops = Vec::new();
+        let mut tx = Transaction::new();
         let mut dels = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
         let mut adds = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
         {
@@ -207,28 +202,16 @@ impl Engine {
         let (mut added, mut deleted) = (0, 0);
         for (set, elements) in names.iter().zip(dels) {
             deleted += elements.len();
-            if !elements.is_empty() {
-                ops.push(SetOp::Delete {
-                    set: set.to_string(),
-                    elements,
-                });
-            }
+            tx.delete(set, elements);
         }
         for (set, elements) in names.iter().zip(adds) {
             added += elements.len();
-            if !elements.is_empty() {
-                ops.push(SetOp::Add {
-                    set: set.to_string(),
-                    elements,
-                });
-            }
+            tx.add(set, elements);
         }
-        if !ops.is_empty() {
-            nft::commit_set_ops(Family::Inet, TABLE, &ops).map_err(|source| {
-                PolicyError::Elements {
-                    elements: added + deleted,
-                    source,
-                }
+        if !tx.is_empty() {
+            nft::commit(Family::Inet, TABLE, &tx).map_err(|source| PolicyError::Elements {
+                elements: added + deleted,
+                source,
             })?;
         }
         let gone: Vec<String> = old.chains.difference(&chains).cloned().collect();

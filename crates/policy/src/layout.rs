@@ -22,7 +22,7 @@
 use std::fmt::{self, Write as _};
 use std::net::Ipv4Addr;
 
-use podwire_kernel::nft::{Field, SetData, SetElement, Verdict, encode_concat};
+use podwire_kernel::nft::{Element, ElementData, Field, Verdict, encode_concat};
 
 use crate::compile::{Element4, Ruleset};
 
@@ -118,7 +118,7 @@ pub fn chain_policy(rs: &Ruleset, chain: &str) -> String {
 
 /// An allow-set element as the kernel stores it, commented with the
 /// local pod's name.
-pub fn allow_element(rs: &Ruleset, e: &Element4) -> SetElement {
+pub fn allow_element(rs: &Ruleset, e: &Element4) -> Element {
     let key = encode_concat(&[
         Field::Addr(e.local.into()),
         Field::Addr(Ipv4Addr::from(e.peer.0).into()),
@@ -131,23 +131,22 @@ pub fn allow_element(rs: &Ruleset, e: &Element4) -> SetElement {
         Field::Proto(e.proto.1),
         Field::Port(e.port.1),
     ]);
-    SetElement {
+    Element {
         key,
         key_end: Some(end),
-        data: SetData::None,
+        data: ElementData::None,
         comment: Some(pod_name(rs, &e.local).into()),
+        owner: None,
     }
 }
 
 /// A verdict-map element: pod -> jump to its policy's chain, commented
 /// with the pod's and the policy's names.
-pub fn pod_element(rs: &Ruleset, ip: Ipv4Addr, chain: &str) -> SetElement {
-    SetElement {
-        key: encode_concat(&[Field::Addr(ip.into())]),
-        key_end: None,
-        data: SetData::Verdict(Verdict::Jump(chain.to_string())),
-        comment: Some(format!("{} by {}", pod_name(rs, &ip), chain_policy(rs, chain)).into()),
-    }
+pub fn pod_element(rs: &Ruleset, ip: Ipv4Addr, chain: &str) -> Element {
+    let mut element =
+        Element::keyed(&[Field::Addr(ip.into())]).with_verdict(Verdict::Jump(chain.to_string()));
+    element.comment = Some(format!("{} by {}", pod_name(rs, &ip), chain_policy(rs, chain)).into());
+    element
 }
 
 /// "namespace/name" of the pod with this address.

@@ -28,7 +28,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use podwire_kernel::nft::{self, Family, SetElement, SetOp};
+use podwire_kernel::conntrack;
+use podwire_kernel::nft::{self, Element, ElementData, Family, Transaction};
 
 use crate::compile::{CompileOptions, Frontend, Ruleset, ServiceKey, ServiceRules, Target};
 use crate::error::ProxyError;
@@ -57,7 +58,7 @@ pub struct SyncReport {
 }
 
 /// The element as sent: key, value and the comment naming its Service.
-fn encode_held(k: &ElemKey, held: &Held) -> SetElement {
+fn encode_held(k: &ElemKey, held: &Held) -> Element {
     let mut element = encode_element(k, &held.0);
     element.comment = Some(held.1.clone());
     element
@@ -77,29 +78,26 @@ fn kernel_err(what: &str) -> impl FnOnce(podwire_kernel::Error) -> ProxyError + 
 
 /// The transaction of a plan: flushes, then deletes, then adds, grouped
 /// by set.
-fn set_ops(plan: &SyncPlan) -> Vec<SetOp> {
-    let mut ops: Vec<SetOp> = plan
-        .flush
-        .iter()
-        .map(|set| SetOp::Flush { set: set.name() })
-        .collect();
-    let mut deletes: BTreeMap<SetId, Vec<SetElement>> = BTreeMap::new();
+fn transaction(plan: &SyncPlan) -> Transaction {
+    let mut tx = Transaction::new();
+    for set in &plan.flush {
+        tx.flush(&set.name());
+    }
+    let mut deletes: BTreeMap<SetId, Vec<Element>> = BTreeMap::new();
     for (k, held) in &plan.deletes {
         deletes.entry(k.set).or_default().push(encode_held(k, held));
     }
-    ops.extend(deletes.into_iter().map(|(set, elements)| SetOp::Delete {
-        set: set.name(),
-        elements,
-    }));
-    let mut adds: BTreeMap<SetId, Vec<SetElement>> = BTreeMap::new();
+    for (set, elements) in deletes {
+        tx.delete(&set.name(), elements);
+    }
+    let mut adds: BTreeMap<SetId, Vec<Element>> = BTreeMap::new();
     for (k, held) in &plan.adds {
         adds.entry(k.set).or_default().push(encode_held(k, held));
     }
-    ops.extend(adds.into_iter().map(|(set, elements)| SetOp::Add {
-        set: set.name(),
-        elements,
-    }));
-    ops
+    for (set, elements) in adds {
+        tx.add(&set.name(), elements);
+    }
+    tx
 }
 
 impl Engine {
@@ -206,18 +204,17 @@ impl Engine {
                 .map_err(|e| ProxyError::Structure(e.to_string()))?;
             report.structure_loaded = true;
         }
-        let ops = set_ops(&plan);
-        if !ops.is_empty() {
-            let stats = nft::commit_set_ops(Family::Inet, TABLE, &ops).map_err(|source| {
-                ProxyError::Elements {
+        let tx = transaction(&plan);
+        if !tx.is_empty() {
+            let stats =
+                nft::commit(Family::Inet, TABLE, &tx).map_err(|source| ProxyError::Elements {
                     elements: if plan.full {
                         plan.adds.len()
                     } else {
                         plan.adds.len() + plan.deletes.len()
                     },
                     source,
-                }
-            })?;
+                })?;
             report.netlink_bytes = stats.bytes;
             report.netlink_messages = stats.messages;
         }
@@ -310,7 +307,7 @@ fn cleanup(old: Option<&ServiceRules>, new: Option<&ServiceRules>) -> (usize, us
                 .collect();
             for ip in removed {
                 flushes += 1;
-                if let Err(err) = nft::delete_conntrack(17, dst, port, Some(ip)) {
+                if let Err(err) = conntrack::delete(17, dst, port, Some(ip)) {
                     tracing::warn!(%err, endpoint = %ip, port, "cannot flush UDP conntrack entries");
                 }
             }
@@ -342,7 +339,7 @@ fn cleanup(old: Option<&ServiceRules>, new: Option<&ServiceRules>) -> (usize, us
             .is_some_and(|o| !(o.cluster.is_empty() && o.local.is_empty()));
         if !had {
             flushes += 1;
-            if let Err(err) = nft::delete_conntrack(17, dst, port, None) {
+            if let Err(err) = conntrack::delete(17, dst, port, None) {
                 tracing::warn!(%err, port, "cannot flush UDP conntrack entries");
             }
         }
@@ -367,7 +364,7 @@ fn purge_affinity(fam: Fam, dst: Option<IpAddr>, proto: u8, port: u16, slots: &[
         IpAddr::V6(a) => a.octets().to_vec(),
     });
     let pb = port.to_be_bytes();
-    let doomed: Vec<SetElement> = entries
+    let doomed: Vec<Element> = entries
         .into_iter()
         .filter(|e| {
             let k = &e.key;
@@ -377,36 +374,28 @@ fn purge_affinity(fam: Fam, dst: Option<IpAddr>, proto: u8, port: u16, slots: &[
             let d = &k[alen..2 * alen];
             let p = k[2 * alen];
             let port_ok = k[2 * alen + 4..2 * alen + 6] == pb;
-            let slot = e
-                .value
-                .as_deref()
-                .and_then(|v| v.get(0..4))
-                .map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+            let slot = match &e.data {
+                ElementData::Value(v) => v
+                    .get(0..4)
+                    .map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]])),
+                _ => None,
+            };
             dst_bytes.as_deref().is_none_or(|x| x == d)
                 && p == proto
                 && port_ok
                 && slot.is_some_and(|s| slots.contains(&s))
         })
-        .map(|e| SetElement {
-            key: e.key,
-            key_end: None,
-            data: nft::SetData::None,
-            comment: None,
-        })
+        .map(|e| Element::new(e.key))
         .collect();
     if doomed.is_empty() {
         return 0;
     }
     let n = doomed.len();
-    if let Err(err) = nft::commit_set_ops(
-        Family::Inet,
-        TABLE,
-        &[SetOp::Delete {
-            set,
-            elements: doomed,
-        }],
-    ) {
-        // An entry may have expired meanwhile; the rest expire on their own.
+    // Destroy: an entry that expired meanwhile is no error.
+    let mut tx = Transaction::new();
+    tx.destroy(&set, doomed);
+    if let Err(err) = nft::commit(Family::Inet, TABLE, &tx) {
+        // What is left expires on its own.
         tracing::debug!(%err, "affinity purge incomplete");
         return 0;
     }

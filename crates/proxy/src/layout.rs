@@ -675,10 +675,10 @@ fn encode_datum(d: &Datum, out: &mut Vec<u8>, end: &mut Vec<u8>) {
     }
 }
 
-/// Encodes an element for [`podwire_kernel::nft::commit_set_ops`]. Every
-/// key here is a concatenation, so every field is padded to 4 bytes.
-pub fn encode_element(key: &ElemKey, value: &Value) -> podwire_kernel::nft::SetElement {
-    use podwire_kernel::nft::{SetData, SetElement, Verdict};
+/// Encodes an element for [`podwire_kernel::nft::commit`]. Every key here
+/// is a concatenation, so every field is padded to 4 bytes.
+pub fn encode_element(key: &ElemKey, value: &Value) -> podwire_kernel::nft::Element {
+    use podwire_kernel::nft::{Element, ElementData, Verdict};
     let mut k = Vec::with_capacity(24);
     let mut end = Vec::with_capacity(24);
     for d in &key.key {
@@ -686,23 +686,24 @@ pub fn encode_element(key: &ElemKey, value: &Value) -> podwire_kernel::nft::SetE
     }
     let ranged = key.key.iter().any(|d| matches!(d, Datum::Net(_)));
     let data = match value {
-        Value::None => SetData::None,
+        Value::None => ElementData::None,
         Value::Target(ip, port) => {
             let mut v = Vec::with_capacity(20);
             let mut scratch = Vec::new();
             encode_datum(&Datum::Addr(*ip), &mut v, &mut scratch);
             encode_datum(&Datum::Port(*port), &mut v, &mut scratch);
-            SetData::Value(v)
+            ElementData::Value(v)
         }
-        Value::Goto(c) => SetData::Verdict(Verdict::Goto(c.name())),
-        Value::Drop => SetData::Verdict(Verdict::Drop),
-        Value::Reject => SetData::Verdict(Verdict::Goto("reject-chain".into())),
+        Value::Goto(c) => ElementData::Verdict(Verdict::Goto(c.name())),
+        Value::Drop => ElementData::Verdict(Verdict::Drop),
+        Value::Reject => ElementData::Verdict(Verdict::Goto("reject-chain".into())),
     };
-    SetElement {
+    Element {
         key: k,
         key_end: ranged.then_some(end),
         data,
         comment: None,
+        owner: None,
     }
 }
 
@@ -840,7 +841,7 @@ mod tests {
         assert_eq!(e.key, want);
         assert_eq!(
             e.data,
-            podwire_kernel::nft::SetData::Value(vec![10, 244, 1, 2, 0x1f, 0x90, 0, 0])
+            podwire_kernel::nft::ElementData::Value(vec![10, 244, 1, 2, 0x1f, 0x90, 0, 0])
         );
         assert_eq!(e.key_end, None);
         let range = ElemKey::new(
