@@ -1,5 +1,6 @@
 //! The only crate in podwire that touches the kernel: network namespaces,
-//! links (bridge, veth), addresses, routes, sysctls, nftables and conntrack.
+//! links (bridge, veth), addresses, routes, sysctls, nftables, conntrack and
+//! the namespaces a new process is placed in.
 //! Everything here is synchronous on purpose: a CNI plugin is a short-lived
 //! process and a runtime's clock starts when it is executed, so no async
 //! runtime is spun up and every request is one netlink round trip.
@@ -13,6 +14,7 @@ pub mod nft;
 pub mod nftrace;
 pub mod notify;
 pub mod own;
+pub mod process;
 pub mod route;
 pub mod routeget;
 pub mod rtnl;
