@@ -267,12 +267,6 @@ impl Transaction {
     }
 }
 
-impl From<Vec<ElementOp>> for Transaction {
-    fn from(ops: Vec<ElementOp>) -> Transaction {
-        Transaction { ops }
-    }
-}
-
 /// What a committed transaction amounted to.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TransactionStats {
@@ -325,7 +319,7 @@ fn commit_without_destroy(
     let mut rest = Vec::new();
     for op in tx.ops() {
         let ElementOp::Destroy { set, elements } = op else {
-            rest.push(op.clone());
+            rest.push(op);
             continue;
         };
         for element in elements {
@@ -343,7 +337,7 @@ fn commit_without_destroy(
             stats.elements += 1;
         }
     }
-    let messages = messages(table, &rest);
+    let messages = messages(table, rest.iter().copied());
     stats.bytes += run_batch(family, &messages, "commit nftables set elements")?;
     stats.messages += messages.len();
     stats.elements += rest.iter().map(|op| op.elements().len()).sum::<usize>();
@@ -351,7 +345,10 @@ fn commit_without_destroy(
 }
 
 /// The messages of a transaction: (message type, flags, body).
-pub(super) fn messages(table: &str, ops: &[ElementOp]) -> Vec<(u16, u16, Vec<u8>)> {
+pub(super) fn messages<'a>(
+    table: &str,
+    ops: impl IntoIterator<Item = &'a ElementOp>,
+) -> Vec<(u16, u16, Vec<u8>)> {
     let mut out = Vec::new();
     for op in ops {
         let (kind, flags, with_data) = match op {
