@@ -6,6 +6,7 @@
 //! running controller (listeners, TLS, reloads, metrics, shutdown).
 
 pub mod annotations;
+pub mod backend_wire;
 pub mod certs;
 mod error;
 pub mod limit;

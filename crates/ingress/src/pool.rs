@@ -1,6 +1,6 @@
 //! HTTP/1.1 to backend endpoints over keep-alive connections, one pool per
-//! worker thread. Written by hand (httparse for response heads) rather than
-//! on a hyper client: a hyper client connection runs as its own task and
+//! worker thread. Written by hand (responses decoded in backend_wire.rs) rather
+//! than on a hyper client: a hyper client connection runs as its own task and
 //! hands each request, response head and body chunk across channels, which
 //! cost podwire a third of its throughput against nginx in `bench/ingress`.
 //! Here the request task writes the request itself and the response body
@@ -22,20 +22,17 @@ use std::time::Duration;
 use bytes::{Buf, Bytes, BytesMut};
 use http_body_util::BodyExt;
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
-use hyper::header::{CONNECTION, CONTENT_LENGTH, HeaderName, HeaderValue, TRANSFER_ENCODING};
-use hyper::{HeaderMap, Method, Request, Response, StatusCode, Version};
+use hyper::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+use hyper::{HeaderMap, Method, Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use crate::backend_wire::{self, BodyDecoder, Framing, Head, WireError};
 use crate::proxy::{Body, BoxError, empty, full};
 
 /// Idle connections kept per endpoint (more are closed after use).
 const MAX_IDLE_PER_ENDPOINT: usize = 512;
-/// The largest response head accepted from a backend.
-const MAX_RESPONSE_HEAD: usize = 64 * 1024;
-/// The most response headers accepted from a backend.
-const MAX_RESPONSE_HEADERS: usize = 128;
 /// Check-ins between sweeps of every endpoint's idle list.
 const SWEEP_EVERY: u32 = 4096;
 /// The read buffer a backend connection starts with (kept with it in the
@@ -69,7 +66,7 @@ pub enum UpstreamError {
     #[error("cannot read the request body: {0}")]
     RequestBody(#[source] BoxError),
     #[error("invalid response: {0}")]
-    BadResponse(String),
+    BadResponse(#[source] WireError),
 }
 
 impl UpstreamError {
@@ -93,33 +90,6 @@ struct Idle {
 pub struct Pool {
     idle: Mutex<Idle>,
     connect_timeout: Duration,
-}
-
-/// A parsed response head.
-struct Head {
-    status: StatusCode,
-    version: Version,
-    headers: HeaderMap,
-    /// The connection may carry another request after this response.
-    keep_alive: bool,
-}
-
-/// How the response body ends.
-#[derive(Debug, Clone, Copy)]
-enum Framing {
-    Length(u64),
-    Chunked(Chunk),
-    /// Until the backend closes (not reusable).
-    Eof,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Chunk {
-    Size,
-    Data(u64),
-    DataEnd,
-    Trailer,
-    Done,
 }
 
 impl Pool {
@@ -200,7 +170,7 @@ impl Pool {
                         // The backend may have answered early (413, 401...)
                         // and closed: relay that answer if it is there.
                         Err(SendError::Io(err)) => {
-                            return match read_head(&mut stream, &mut buf).await {
+                            return match read_head(&mut stream, &mut buf, head_request).await {
                                 Ok(mut head) => {
                                     head.keep_alive = false;
                                     Ok(head)
@@ -211,7 +181,7 @@ impl Pool {
                         Err(other) => return Err(other),
                     }
                 }
-                read_head(&mut stream, &mut buf).await
+                read_head(&mut stream, &mut buf, head_request).await
             }
             .await;
             let head = match sent {
@@ -226,7 +196,7 @@ impl Pool {
                 Err(SendError::Body(err)) => return Err(UpstreamError::RequestBody(err)),
                 Err(SendError::Bad(why)) => return Err(UpstreamError::BadResponse(why)),
             };
-            return Ok(self.response(endpoint, stream, buf, head, head_request));
+            return Ok(self.response(endpoint, stream, buf, head));
         }
     }
 
@@ -239,34 +209,12 @@ impl Pool {
         stream: TcpStream,
         mut buf: BytesMut,
         head: Head,
-        head_request: bool,
     ) -> Response<Body> {
-        let no_body = head_request
-            || head.status == StatusCode::NO_CONTENT
-            || head.status == StatusCode::NOT_MODIFIED;
-        let framing = if no_body {
-            Framing::Length(0)
-        } else if head.headers.get_all(TRANSFER_ENCODING).iter().any(|v| {
-            v.to_str()
-                .is_ok_and(|v| v.to_ascii_lowercase().contains("chunked"))
-        }) {
-            Framing::Chunked(Chunk::Size)
-        } else {
-            match head
-                .headers
-                .get(CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-            {
-                Some(n) => Framing::Length(n),
-                None => Framing::Eof,
-            }
-        };
         let mut response = Response::new(empty());
         *response.status_mut() = head.status;
         *response.version_mut() = head.version;
         *response.headers_mut() = head.headers;
-        let body: Body = match framing {
+        let body: Body = match head.framing {
             Framing::Length(n) if (buf.len() as u64) >= n => {
                 let n = usize::try_from(n).unwrap_or(usize::MAX);
                 let data = if n <= COPY_BODY_UP_TO {
@@ -279,12 +227,12 @@ impl Pool {
                 if head.keep_alive && buf.is_empty() {
                     self.checkin(endpoint, stream, buf);
                 }
-                if no_body { empty() } else { full(data) }
+                if data.is_empty() { empty() } else { full(data) }
             }
             framing => UpstreamBody {
                 stream: Some(stream),
                 buf,
-                framing,
+                decoder: BodyDecoder::new(framing),
                 keep_alive: head.keep_alive,
                 pool: self.clone(),
                 endpoint,
@@ -328,7 +276,7 @@ fn is_open(stream: &TcpStream) -> bool {
 enum SendError {
     Io(io::Error),
     Body(BoxError),
-    Bad(String),
+    Bad(WireError),
 }
 
 impl From<io::Error> for SendError {
@@ -411,31 +359,14 @@ async fn write_body(
 
 /// Reads until a final (non-1xx) response head is complete; leaves what
 /// follows it in `buf`.
-async fn read_head(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<Head, SendError> {
+async fn read_head(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    head_request: bool,
+) -> Result<Head, SendError> {
     loop {
-        if !buf.is_empty() {
-            let mut headers = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
-            let mut parsed = httparse::Response::new(&mut headers);
-            match parsed.parse(buf) {
-                Ok(httparse::Status::Complete(len)) => {
-                    let code = parsed.code.unwrap_or(0);
-                    if (100..200).contains(&code) && code != 101 {
-                        // 100 Continue and other interim answers: skip.
-                        buf.advance(len);
-                        continue;
-                    }
-                    let head = head_of(&parsed)?;
-                    buf.advance(len);
-                    return Ok(head);
-                }
-                Ok(httparse::Status::Partial) => {}
-                Err(err) => return Err(SendError::Bad(err.to_string())),
-            }
-        }
-        if buf.len() >= MAX_RESPONSE_HEAD {
-            return Err(SendError::Bad(format!(
-                "response head larger than {MAX_RESPONSE_HEAD} bytes"
-            )));
+        if let Some(head) = backend_wire::parse_head(buf, head_request).map_err(SendError::Bad)? {
+            return Ok(head);
         }
         if buf.capacity() - buf.len() < 1024 {
             buf.reserve(READ_BUFFER);
@@ -450,47 +381,12 @@ async fn read_head(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<Head, S
     }
 }
 
-fn head_of(parsed: &httparse::Response<'_, '_>) -> Result<Head, SendError> {
-    let status = StatusCode::from_u16(parsed.code.unwrap_or(0))
-        .map_err(|_| SendError::Bad(format!("status {:?}", parsed.code)))?;
-    let version = match parsed.version {
-        Some(1) => Version::HTTP_11,
-        _ => Version::HTTP_10,
-    };
-    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
-    let mut close = version == Version::HTTP_10;
-    for h in parsed.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes())
-            .map_err(|_| SendError::Bad(format!("header name {:?}", h.name)))?;
-        let value = HeaderValue::from_bytes(h.value)
-            .map_err(|_| SendError::Bad(format!("value of header {}", h.name)))?;
-        if name == CONNECTION
-            && let Ok(v) = value.to_str()
-        {
-            for token in v.split(',').map(str::trim) {
-                if token.eq_ignore_ascii_case("close") {
-                    close = true;
-                } else if token.eq_ignore_ascii_case("keep-alive") {
-                    close = false;
-                }
-            }
-        }
-        headers.append(name, value);
-    }
-    Ok(Head {
-        status,
-        version,
-        headers,
-        keep_alive: !close,
-    })
-}
-
 /// A response body read from the backend connection while the client
 /// connection polls it.
 struct UpstreamBody {
     stream: Option<TcpStream>,
     buf: BytesMut,
-    framing: Framing,
+    decoder: BodyDecoder,
     keep_alive: bool,
     pool: Arc<Pool>,
     endpoint: SocketAddr,
@@ -522,84 +418,10 @@ impl UpstreamBody {
         if let Some(stream) = self.stream.take()
             && self.keep_alive
             && self.buf.is_empty()
-            && !matches!(self.framing, Framing::Eof)
+            && !self.decoder.is_close_delimited()
         {
             let buf = std::mem::take(&mut self.buf);
             self.pool.checkin(self.endpoint, stream, buf);
-        }
-    }
-
-    fn eof_error() -> BoxError {
-        Box::new(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "the backend closed the connection in the middle of the response body",
-        ))
-    }
-
-    /// One step of chunked decoding: Some(data), or None when more input is
-    /// needed or the body ended (then `Chunk::Done`).
-    fn decode_chunk(&mut self) -> Result<Option<Bytes>, BoxError> {
-        loop {
-            let Framing::Chunked(state) = self.framing else {
-                return Ok(None);
-            };
-            match state {
-                Chunk::Size | Chunk::Trailer => {
-                    let Some(end) = self.buf.windows(2).position(|w| w == b"\r\n") else {
-                        if self.buf.len() > 4096 {
-                            return Err("chunk size line too long".into());
-                        }
-                        return Ok(None);
-                    };
-                    let line = self.buf.split_to(end + 2);
-                    let line = &line[..end];
-                    if state == Chunk::Trailer {
-                        if line.is_empty() {
-                            self.framing = Framing::Chunked(Chunk::Done);
-                            return Ok(None);
-                        }
-                        continue;
-                    }
-                    let digits = line.split(|b| *b == b';').next().unwrap_or_default();
-                    let digits = std::str::from_utf8(digits)
-                        .map_err(|_| "chunk size is not text")?
-                        .trim();
-                    let size = u64::from_str_radix(digits, 16)
-                        .map_err(|_| format!("bad chunk size {digits:?}"))?;
-                    self.framing = Framing::Chunked(if size == 0 {
-                        Chunk::Trailer
-                    } else {
-                        Chunk::Data(size)
-                    });
-                }
-                Chunk::Data(left) => {
-                    if self.buf.is_empty() {
-                        return Ok(None);
-                    }
-                    let take = usize::try_from(left)
-                        .unwrap_or(usize::MAX)
-                        .min(self.buf.len());
-                    let data = self.buf.split_to(take).freeze();
-                    let left = left - take as u64;
-                    self.framing = Framing::Chunked(if left == 0 {
-                        Chunk::DataEnd
-                    } else {
-                        Chunk::Data(left)
-                    });
-                    return Ok(Some(data));
-                }
-                Chunk::DataEnd => {
-                    if self.buf.len() < 2 {
-                        return Ok(None);
-                    }
-                    if &self.buf[..2] != b"\r\n" {
-                        return Err("chunk data not followed by CRLF".into());
-                    }
-                    self.buf.advance(2);
-                    self.framing = Framing::Chunked(Chunk::Size);
-                }
-                Chunk::Done => return Ok(None),
-            }
         }
     }
 }
@@ -614,79 +436,36 @@ impl HttpBody for UpstreamBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         loop {
-            match this.framing {
-                Framing::Length(0) | Framing::Chunked(Chunk::Done) => {
+            match this.decoder.decode(&mut this.buf) {
+                Ok(Some(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                Ok(None) if this.decoder.is_done() => {
                     this.finish();
                     return Poll::Ready(None);
                 }
-                Framing::Length(left) => {
-                    if !this.buf.is_empty() {
-                        let take = usize::try_from(left)
-                            .unwrap_or(usize::MAX)
-                            .min(this.buf.len());
-                        let data = this.buf.split_to(take).freeze();
-                        this.framing = Framing::Length(left - take as u64);
-                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                Ok(None) => {}
+                Err(e) => return Poll::Ready(Some(Err(Box::new(e)))),
+            }
+            match ready!(this.poll_fill(cx)) {
+                Ok(0) => {
+                    if let Err(e) = this.decoder.close() {
+                        return Poll::Ready(Some(Err(Box::new(e))));
                     }
-                    match ready!(this.poll_fill(cx)) {
-                        Ok(0) => return Poll::Ready(Some(Err(Self::eof_error()))),
-                        Ok(_) => {}
-                        Err(e) => return Poll::Ready(Some(Err(Box::new(e)))),
-                    }
+                    this.stream = None;
                 }
-                Framing::Eof => {
-                    if !this.buf.is_empty() {
-                        let data = this.buf.split().freeze();
-                        return Poll::Ready(Some(Ok(Frame::data(data))));
-                    }
-                    match ready!(this.poll_fill(cx)) {
-                        Ok(0) => {
-                            this.stream = None;
-                            return Poll::Ready(None);
-                        }
-                        Ok(_) => {}
-                        Err(e) => return Poll::Ready(Some(Err(Box::new(e)))),
-                    }
-                }
-                Framing::Chunked(_) => {
-                    match this.decode_chunk() {
-                        Ok(Some(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
-                        Ok(None) if this.framing == Framing::Chunked(Chunk::Done) => continue,
-                        Ok(None) => {}
-                        Err(e) => return Poll::Ready(Some(Err(e))),
-                    }
-                    match ready!(this.poll_fill(cx)) {
-                        Ok(0) => return Poll::Ready(Some(Err(Self::eof_error()))),
-                        Ok(_) => {}
-                        Err(e) => return Poll::Ready(Some(Err(Box::new(e)))),
-                    }
-                }
+                Ok(_) => {}
+                Err(e) => return Poll::Ready(Some(Err(Box::new(e)))),
             }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        matches!(
-            self.framing,
-            Framing::Length(0) | Framing::Chunked(Chunk::Done)
-        )
+        self.decoder.is_done()
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self.framing {
-            Framing::Length(n) => SizeHint::with_exact(n),
-            _ => SizeHint::default(),
-        }
-    }
-}
-
-impl PartialEq for Framing {
-    fn eq(&self, other: &Self) -> bool {
-        match (self, other) {
-            (Framing::Length(a), Framing::Length(b)) => a == b,
-            (Framing::Chunked(a), Framing::Chunked(b)) => a == b,
-            (Framing::Eof, Framing::Eof) => true,
-            _ => false,
+        match self.decoder.remaining() {
+            Some(n) => SizeHint::with_exact(n),
+            None => SizeHint::default(),
         }
     }
 }
@@ -694,38 +473,7 @@ impl PartialEq for Framing {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn body_with(buf: &[u8], framing: Framing) -> UpstreamBody {
-        UpstreamBody {
-            stream: None,
-            buf: BytesMut::from(buf),
-            framing,
-            keep_alive: true,
-            pool: Arc::new(Pool::new(Duration::from_secs(1))),
-            endpoint: SocketAddr::from(([127, 0, 0, 1], 1)),
-        }
-    }
-
-    #[test]
-    fn chunked_decoding() {
-        let mut body = body_with(
-            b"4;ext=1\r\nWiki\r\n5\r\npedia\r\nE\r\n in\r\n\r\nchunks.\r\n0\r\nX-T: 1\r\n\r\n",
-            Framing::Chunked(Chunk::Size),
-        );
-        let mut out = Vec::new();
-        while let Some(data) = body.decode_chunk().unwrap() {
-            out.extend_from_slice(&data);
-        }
-        assert_eq!(out, b"Wikipedia in\r\n\r\nchunks.");
-        assert_eq!(body.framing, Framing::Chunked(Chunk::Done));
-        assert!(body.buf.is_empty());
-        let mut bad = body_with(b"zz\r\n", Framing::Chunked(Chunk::Size));
-        assert!(bad.decode_chunk().is_err());
-        let mut partial = body_with(b"a\r\n01234", Framing::Chunked(Chunk::Size));
-        assert_eq!(&partial.decode_chunk().unwrap().unwrap()[..], b"01234");
-        assert!(partial.decode_chunk().unwrap().is_none());
-        assert_eq!(partial.framing, Framing::Chunked(Chunk::Data(5)));
-    }
+    use hyper::header::HeaderValue;
 
     #[test]
     fn request_heads() {
