@@ -1,4 +1,5 @@
-//! Links the podwire executable as a fixed-address (non-PIE) program.
+//! Links the podwire executable as a fixed-address (non-PIE) program with
+//! a static unwinder.
 //!
 //! Every pod's ADD and DEL starts this binary as its CNI plugin, so its start
 //! is on the critical path of every pod. As a position-independent
@@ -20,6 +21,7 @@ fn main() {
     // their default.
     if target.contains("-linux-gnu") {
         println!("cargo:rustc-link-arg-bins=-no-pie");
+        println!("cargo:rustc-link-lib=static=gcc_eh");
     }
     println!("cargo:rerun-if-changed=build.rs");
 }
