@@ -37,6 +37,8 @@ pub struct Settings {
     pub kills: usize,
     /// Seeds where in an ADD each kill lands.
     pub seed: u64,
+    /// Prints each malformed input's outcome to stderr.
+    pub verbose: bool,
 }
 
 /// Runs every CNI scenario; one row each (two for the kills).
@@ -257,7 +259,10 @@ fn kills(s: &Settings) -> Result<Vec<Row>> {
         s.kills,
     );
     if let Some(first) = other.first() {
-        measured.push_str(&format!("; {} ended otherwise, first: {first}", other.len()));
+        measured.push_str(&format!(
+            "; {} ended otherwise, first: {first}",
+            other.len()
+        ));
     }
     if let Some(first) = del_failures.first() {
         measured.push_str(&format!("; first failed DEL: {first}"));
@@ -297,6 +302,25 @@ fn has_eth0(fd: std::os::fd::RawFd) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// `text` cut to 160 characters: a report line, not the whole input.
+fn short(text: &str) -> String {
+    if text.chars().count() <= 160 {
+        return text.to_string();
+    }
+    let cut: String = text.chars().take(160).collect();
+    format!("{cut}...")
+}
+
+/// The first line only one of two snapshots has, marked - or +.
+fn first_difference(before: &str, after: &str) -> Option<String> {
+    let b: std::collections::BTreeSet<&str> = before.lines().collect();
+    let a: std::collections::BTreeSet<&str> = after.lines().collect();
+    b.difference(&a)
+        .next()
+        .map(|l| format!("- {l}"))
+        .or_else(|| a.difference(&b).next().map(|l| format!("+ {l}")))
+}
+
 /// How the plugin answered a run of bad inputs.
 #[derive(Default)]
 struct Tally {
@@ -320,7 +344,8 @@ impl Tally {
                 (Some(code), Some(v)) if v["msg"].as_str().is_some_and(|m| !m.is_empty()) => {
                     *self.codes.entry(code).or_default() += 1;
                     if !proper.contains(&code) {
-                        self.broken.push(format!("{label}: code {code}: {}", v["msg"]));
+                        self.broken
+                            .push(format!("{label}: code {code}: {}", v["msg"]));
                     }
                 }
                 _ => self
@@ -352,14 +377,16 @@ impl Tally {
             ("changed the host", &self.changed),
         ] {
             if let Some(first) = list.first() {
-                out.push_str(&format!("; {} {what}, first: {first}", list.len()));
+                out.push_str(&format!("; {} {what}, first: {}", list.len(), short(first)));
             }
         }
         out
     }
 
     fn clean(&self, accepted_ok: bool) -> bool {
-        self.broken.is_empty() && self.changed.is_empty() && (accepted_ok || self.accepted.is_empty())
+        self.broken.is_empty()
+            && self.changed.is_empty()
+            && (accepted_ok || self.accepted.is_empty())
     }
 }
 
@@ -371,7 +398,11 @@ fn bad_input(s: &Settings) -> Result<Vec<Row>> {
     let existing = Container::create()?;
     let good = host.conf(18080);
     let add = host.add(&existing, &good)?;
-    ensure!(add.ok(), "ADD of the container already there: {}", add.describe());
+    ensure!(
+        add.ok(),
+        "ADD of the container already there: {}",
+        add.describe()
+    );
     let fresh = Container::create()?;
     let before = host.snapshot()?;
     let states = |host: &Host| -> Result<(String, String, String)> {
@@ -381,11 +412,29 @@ fn bad_input(s: &Settings) -> Result<Vec<Row>> {
             ns_snapshot(&fresh.ns)?,
         ))
     };
-    let start = states(&host)?;
-    ensure!(before == start.0, "the host changed on its own");
-    let check = |tally: &mut Tally, label: &str| -> Result<()> {
-        if states(&host)? != start {
-            tally.changed.push(label.to_string());
+    let start = std::cell::RefCell::new(states(&host)?);
+    ensure!(before == start.borrow().0, "the host changed on its own");
+    // An accepted ADD (already counted as such) and its DEL may leave the
+    // network's chains behind: the next case starts from what is there then.
+    let check = |tally: &mut Tally, label: &str, accepted: bool| -> Result<()> {
+        let now = states(&host)?;
+        if accepted {
+            *start.borrow_mut() = now;
+            return Ok(());
+        }
+        let diff = {
+            let start = start.borrow();
+            (now != *start).then(|| {
+                [(&start.0, &now.0), (&start.1, &now.1), (&start.2, &now.2)]
+                    .into_iter()
+                    .find_map(|(a, b)| first_difference(a, b))
+                    .unwrap_or_default()
+            })
+        };
+        if let Some(diff) = diff {
+            tally.changed.push(format!("{label} ({diff})"));
+            // Counted once: later cases are judged from here.
+            *start.borrow_mut() = now;
         }
         Ok(())
     };
@@ -397,15 +446,22 @@ fn bad_input(s: &Settings) -> Result<Vec<Row>> {
     for (label, stdin) in &cases {
         check_interrupted()?;
         let exit = host.call(CniCommand::Add, &fresh.id, fresh.ns.path(), stdin)?;
+        if s.verbose {
+            eprintln!("ADD {label}: {}", short(&exit.describe()));
+        }
         adds.file(label, &exit, &proper);
-        if exit.ok() {
+        let accepted = exit.ok();
+        if accepted {
             // Undo it, so the next case starts from the same host.
             let _ = host.call(CniCommand::Del, &fresh.id, fresh.ns.path(), stdin);
         }
-        check(&mut adds, label)?;
+        check(&mut adds, label, accepted)?;
         let exit = host.call(CniCommand::Del, &fresh.id, fresh.ns.path(), stdin)?;
+        if s.verbose {
+            eprintln!("DEL {label}: {}", short(&exit.describe()));
+        }
         dels.file(label, &exit, &proper);
-        check(&mut dels, label)?;
+        check(&mut dels, label, false)?;
     }
     let mut rows = vec![Row::new(
         PART,
@@ -433,12 +489,15 @@ fn bad_input(s: &Settings) -> Result<Vec<Row>> {
             let label = format!("{} bridge {name:?}", command.as_str());
             let exit = host.call(command, &fresh.id, fresh.ns.path(), stdin.as_bytes())?;
             bridges.file(&label, &exit, &[7]);
-            check(&mut bridges, &label)?;
+            check(&mut bridges, &label, false)?;
         }
     }
     rows.push(Row::new(
         PART,
-        format!("{} invalid bridge names (16+ chars, ../x, br x, a/b), ADD and DEL", BAD_BRIDGES.len()),
+        format!(
+            "{} invalid bridge names (16+ chars, ../x, br x, a/b), ADD and DEL",
+            BAD_BRIDGES.len()
+        ),
         format!("{}{}", bridges.codes(), bridges.problems()),
         "code 7, host unchanged",
         bridges.clean(false) && bridges.codes.get(&7) == Some(&(2 * BAD_BRIDGES.len())),
@@ -455,25 +514,35 @@ fn bad_input(s: &Settings) -> Result<Vec<Row>> {
         let conf = host.conf(18083).to_string();
         let exit = host.call(CniCommand::Add, &fresh.id, path, conf.as_bytes())?;
         netns.file(&format!("ADD {kind}"), &exit, &[4]);
-        check(&mut netns, &format!("ADD {kind}"))?;
+        check(&mut netns, &format!("ADD {kind}"), false)?;
         let exit = host.call(CniCommand::Del, &fresh.id, path, conf.as_bytes())?;
         if exit.ok() {
             del_ok += 1;
         } else {
-            netns.broken.push(format!("DEL {kind}: {}", exit.describe()));
+            netns
+                .broken
+                .push(format!("DEL {kind}: {}", exit.describe()));
         }
-        check(&mut netns, &format!("DEL {kind}"))?;
+        check(&mut netns, &format!("DEL {kind}"), false)?;
     }
     rows.push(Row::new(
         PART,
         "CNI_NETNS a regular file / a directory / /proc/self/ns/uts",
-        format!("ADD: {}; DEL: {del_ok}/3 exit 0{}", netns.codes(), netns.problems()),
+        format!(
+            "ADD: {}; DEL: {del_ok}/3 exit 0{}",
+            netns.codes(),
+            netns.problems()
+        ),
         "ADD code 4 (invalid CNI_NETNS), DEL exit 0, host unchanged",
         netns.clean(false) && netns.codes.get(&4) == Some(&3) && del_ok == 3,
     ));
 
     let del = host.del(&existing, &good)?;
-    ensure!(del.ok(), "DEL of the container already there: {}", del.describe());
+    ensure!(
+        del.ok(),
+        "DEL of the container already there: {}",
+        del.describe()
+    );
     Ok(rows)
 }
 

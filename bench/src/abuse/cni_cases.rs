@@ -51,7 +51,10 @@ pub fn malformed(good: &Value) -> Vec<Case> {
         ("JSON true".into(), b"true".to_vec()),
         ("trailing garbage".into(), [bytes, b"x"].concat()),
         ("two objects".into(), [bytes, b"{}"].concat()),
-        ("single-quoted keys".into(), text.replace('"', "'").into_bytes()),
+        (
+            "single-quoted keys".into(),
+            text.replace('"', "'").into_bytes(),
+        ),
         (
             "a comment inside".into(),
             text.replacen('{', "{/* c */", 1).into_bytes(),
@@ -69,7 +72,10 @@ pub fn malformed(good: &Value) -> Vec<Case> {
                 .map(|b| if b == 1 { 0xff } else { b })
                 .collect(),
         ),
-        ("UTF-8 BOM first".into(), [&[0xef, 0xbb, 0xbf][..], bytes].concat()),
+        (
+            "UTF-8 BOM first".into(),
+            [&[0xef, 0xbb, 0xbf][..], bytes].concat(),
+        ),
         (
             "raw newline in a string".into(),
             text.replacen("abuse-", "abuse-\n", 1).into_bytes(),
@@ -78,10 +84,13 @@ pub fn malformed(good: &Value) -> Vec<Case> {
             "lone surrogate in name".into(),
             text.replacen("abuse-", "abuse-\\ud800", 1).into_bytes(),
         ),
-        ("unterminated string".into(), b"{\"cniVersion\": \"1.1.0".to_vec()),
+        (
+            "unterminated string".into(),
+            b"{\"cniVersion\": \"1.1.0".to_vec(),
+        ),
         ("nested 100,000 deep".into(), {
-            let mut b = b"{\"cniVersion\":\"1.1.0\",\"name\":\"x\",\"type\":\"podwire\",\"dns\":"
-                .to_vec();
+            let mut b =
+                b"{\"cniVersion\":\"1.1.0\",\"name\":\"x\",\"type\":\"podwire\",\"dns\":".to_vec();
             b.extend(std::iter::repeat_n(b'[', 100_000));
             b.extend(std::iter::repeat_n(b']', 100_000));
             b.push(b'}');
@@ -153,7 +162,9 @@ pub fn malformed(good: &Value) -> Vec<Case> {
         ),
         (
             "ipam.ranges",
-            Some(json!([[{"subnet": "10.80.0.0/24", "rangeStart": "10.80.0.9", "rangeEnd": "10.80.0.3"}]])),
+            Some(
+                json!([[{"subnet": "10.80.0.0/24", "rangeStart": "10.80.0.9", "rangeEnd": "10.80.0.3"}]]),
+            ),
         ),
         (
             "ipam.ranges",
@@ -174,7 +185,10 @@ pub fn malformed(good: &Value) -> Vec<Case> {
         ("ipam.subnet", Some(json!("10.80.0.0/24"))),
         ("ipam.routes", Some(json!("0.0.0.0/0"))),
         ("ipam.routes", Some(json!([{"dst": "nope"}]))),
-        ("ipam.routes", Some(json!([{"dst": "0.0.0.0/0", "gw": "x"}]))),
+        (
+            "ipam.routes",
+            Some(json!([{"dst": "0.0.0.0/0", "gw": "x"}])),
+        ),
         ("ipam.routes", Some(json!([{"gw": "10.80.0.1"}]))),
         ("ipam.dataDir", Some(json!(5))),
         ("dns", Some(json!("10.0.0.10"))),

@@ -148,14 +148,10 @@ impl Host {
     /// `tag` names the namespace, directory and network; `bridge` and
     /// `subnet` keep networks of one run apart.
     pub fn new(podwire: &Path, tag: &str, bridge: &str, subnet: &str) -> Result<Host> {
-        let ns = NamedNetns::create(&format!(
-            "pwbench-host-{}-abuse-{tag}",
-            std::process::id()
-        ))?;
+        let ns = NamedNetns::create(&format!("pwbench-host-{}-abuse-{tag}", std::process::id()))?;
         let dir = TempDir::create(&format!("abuse-{tag}"))?;
         let cni_path = dir.path().join("bin");
-        std::fs::create_dir(&cni_path)
-            .with_context(|| format!("create {}", cni_path.display()))?;
+        std::fs::create_dir(&cni_path).with_context(|| format!("create {}", cni_path.display()))?;
         for name in ["podwire", "podwire-portmap", "podwire-loopback"] {
             symlink(podwire, cni_path.join(name))
                 .with_context(|| format!("symlink {name} in {}", cni_path.display()))?;
@@ -237,11 +233,21 @@ impl Host {
 
     /// ADD of `c` with `conf`; the result, or why it failed.
     pub fn add(&self, c: &Container, conf: &Value) -> Result<Exit> {
-        self.call(CniCommand::Add, &c.id, c.ns.path(), conf.to_string().as_bytes())
+        self.call(
+            CniCommand::Add,
+            &c.id,
+            c.ns.path(),
+            conf.to_string().as_bytes(),
+        )
     }
 
     pub fn del(&self, c: &Container, conf: &Value) -> Result<Exit> {
-        self.call(CniCommand::Del, &c.id, c.ns.path(), conf.to_string().as_bytes())
+        self.call(
+            CniCommand::Del,
+            &c.id,
+            c.ns.path(),
+            conf.to_string().as_bytes(),
+        )
     }
 
     pub fn gc(&self) -> Result<Exit> {
@@ -390,13 +396,20 @@ impl Host {
     }
 }
 
-/// Links and addresses of a container namespace, as text.
+/// The addresses of a container namespace, as text.
 pub fn ns_snapshot(ns: &NamedNetns) -> Result<String> {
     let out = command_in(ns.raw_fd(), "ip")
         .args(["-o", "addr", "show"])
         .output()
         .context("ip addr show in a container")?;
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    // IPv6 link-local addresses come and go with DAD on their own.
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.contains(" fe80:"))
+        // Lifetimes and DAD flags follow the backslash.
+        .map(|l| l.split('\\').next().unwrap_or(l).replace(" tentative", ""))
+        .collect::<Vec<_>>()
+        .join("\n"))
 }
 
 fn walk(dir: &Path, out: &mut Vec<(String, String)>) {

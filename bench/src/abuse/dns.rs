@@ -203,7 +203,14 @@ fn source(i: usize) -> Ipv4Addr {
 
 /// One flood client: connects at `start`, then queries every `interval`
 /// until `stop`; a closed connection is reopened once per query.
-fn client(i: usize, server: SocketAddr, s: &Settings, start: Instant, stop: &AtomicBool, f: &Flood) {
+fn client(
+    i: usize,
+    server: SocketAddr,
+    s: &Settings,
+    start: Instant,
+    stop: &AtomicBool,
+    f: &Flood,
+) {
     std::thread::sleep(start.saturating_duration_since(Instant::now()));
     let src = source(i);
     let Ok(mut stream) = connect_from(src, server) else {
@@ -371,17 +378,16 @@ pub fn run(s: &Settings) -> Result<Vec<Row>> {
 
     let metrics = http_get(metrics_addr, "/metrics").context("read /metrics")?;
     let full = metric(&metrics, "podwire_dns_tcp_evictions_total{reason=\"full\"}").unwrap_or(0.0);
-    let per_client =
-        metric(&metrics, "podwire_dns_tcp_evictions_total{reason=\"per_client\"}").unwrap_or(0.0);
+    let per_client = metric(
+        &metrics,
+        "podwire_dns_tcp_evictions_total{reason=\"per_client\"}",
+    )
+    .unwrap_or(0.0);
     let newcomers = newcomers.into_inner().unwrap_or_default();
     let (udp_sent, udp_ok, udp_times) = udp_stats.into_inner().unwrap_or_default();
     let load = |a: &AtomicUsize| a.load(Ordering::Relaxed);
     let answered_newcomers = newcomers.iter().filter(|(ok, _)| *ok).count();
-    let slowest = newcomers
-        .iter()
-        .map(|(_, d)| *d)
-        .max()
-        .unwrap_or_default();
+    let slowest = newcomers.iter().map(|(_, d)| *d).max().unwrap_or_default();
     let newcomer_ms: Vec<String> = newcomers
         .iter()
         .map(|(ok, d)| {

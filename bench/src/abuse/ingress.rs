@@ -47,9 +47,7 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 
 /// Reads one request; its record line when head and body arrived whole.
 fn read_request(stream: &mut TcpStream) -> Option<String> {
-    stream
-        .set_read_timeout(Some(Duration::from_secs(3)))
-        .ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     let head_end = loop {

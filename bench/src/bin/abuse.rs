@@ -16,7 +16,7 @@ use podwire_bench::ns;
 
 const USAGE: &str = "\
 usage: abuse [--only LIST] [--cycles N] [--concurrency N] [--kills N] [--seed N]
-             [--dns-clients N] [--dns-hold S] [--json] [--podwire PATH]
+             [--dns-clients N] [--dns-hold S] [--json] [--verbose] [--podwire PATH]
 
 Repeats issue 14's abuse against podwire and prints what it measured (run as root).
   --only LIST        comma-separated subset of: cni,dns,ingress (default all)
@@ -27,6 +27,7 @@ Repeats issue 14's abuse against podwire and prints what it measured (run as roo
   --dns-clients N    busy DNS-over-TCP clients (default 1030)
   --dns-hold S       seconds the DNS flood lasts once every client is in (default 16)
   --json             print the rows as JSON
+  --verbose          print each malformed netconf's outcome to stderr
   --podwire PATH     the podwire binary (default: next to this binary)";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +68,7 @@ fn parse_args() -> Result<Args> {
             concurrency: 16,
             kills: 50,
             seed: 14,
+            verbose: false,
         },
         dns: dns::Settings {
             podwire,
@@ -110,6 +112,7 @@ fn parse_args() -> Result<Args> {
                     Duration::from_secs(number("--dns-hold", value("--dns-hold")?)? as u64);
             }
             "--json" => args.json = true,
+            "--verbose" => args.cni.verbose = true,
             "--podwire" => {
                 let path = PathBuf::from(value("--podwire")?);
                 args.cni.podwire = path.clone();
