@@ -5,6 +5,7 @@
 //! clock covers spawn to exit; an ADD that does not return a result with IPs
 //! is an error, because a benchmark must never time failures.
 
+use std::ffi::OsStr;
 use std::io::{ErrorKind, Write};
 use std::os::fd::{BorrowedFd, RawFd};
 use std::os::unix::process::CommandExt;
@@ -23,6 +24,8 @@ const PLUGIN_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sb
 pub enum CniCommand {
     Add,
     Del,
+    /// Garbage collection: undo every attachment not named valid.
+    Gc,
     /// A bare process start: the plugin only prints its supported versions.
     Version,
 }
@@ -32,6 +35,7 @@ impl CniCommand {
         match self {
             CniCommand::Add => "ADD",
             CniCommand::Del => "DEL",
+            CniCommand::Gc => "GC",
             CniCommand::Version => "VERSION",
         }
     }
@@ -72,7 +76,7 @@ impl Exec<'_> {
             );
         }
         let result = match self.command {
-            CniCommand::Del => None,
+            CniCommand::Del | CniCommand::Gc => None,
             CniCommand::Version => {
                 let value: Option<Value> = serde_json::from_slice(&output.stdout).ok();
                 if value
@@ -111,18 +115,26 @@ impl Exec<'_> {
         Ok(Outcome { elapsed, result })
     }
 
-    /// Spawns the executable with `stdin`, waits for it and returns how long
-    /// that took and what it printed, whatever its exit status.
-    pub fn run_raw(&self, stdin: &[u8]) -> Result<(Duration, Output)> {
+    /// The plugin's process, configured as a runtime starts it (CNI_* only,
+    /// moved into the host namespace before exec) but not yet spawned: for a
+    /// caller that must act on the running plugin, such as killing it.
+    pub fn command(&self) -> Command {
         let mut cmd = Command::new(self.plugin);
         cmd.env_clear()
             .env("PATH", PLUGIN_PATH)
             .env("CNI_COMMAND", self.command.as_str())
-            .env("CNI_CONTAINERID", self.container_id)
-            .env("CNI_NETNS", self.netns)
-            .env("CNI_IFNAME", self.ifname)
-            .env("CNI_PATH", self.cni_path)
-            .stdin(Stdio::piped())
+            .env("CNI_PATH", self.cni_path);
+        // An empty value is left out, as runtimes do (GC names no container).
+        for (key, value) in [
+            ("CNI_CONTAINERID", OsStr::new(self.container_id)),
+            ("CNI_NETNS", self.netns.as_os_str()),
+            ("CNI_IFNAME", OsStr::new(self.ifname)),
+        ] {
+            if !value.is_empty() {
+                cmd.env(key, value);
+            }
+        }
+        cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let host_fd = self.host_fd;
@@ -134,7 +146,13 @@ impl Exec<'_> {
                 setns(fd, CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)
             });
         }
+        cmd
+    }
 
+    /// Spawns the executable with `stdin`, waits for it and returns how long
+    /// that took and what it printed, whatever its exit status.
+    pub fn run_raw(&self, stdin: &[u8]) -> Result<(Duration, Output)> {
+        let mut cmd = self.command();
         let start = Instant::now();
         let mut child = cmd
             .spawn()
