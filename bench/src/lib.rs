@@ -3,6 +3,7 @@
 //! the statistics printed in the tables. Each benchmark is a binary in
 //! `src/bin/` started by a script in `bench/`.
 
+pub mod ingress;
 pub mod ns;
 pub mod plugin;
 pub mod stats;

@@ -121,6 +121,11 @@ impl Slot {
     pub async fn shed(&self) {
         self.close.notified().await;
     }
+
+    /// Whether the connection has been told to close.
+    pub fn is_shed(&self) -> bool {
+        self.shed.load(Ordering::Relaxed)
+    }
 }
 
 /// Marks a connection busy for as long as it lives: made when a request

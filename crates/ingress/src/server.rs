@@ -28,6 +28,7 @@ use arc_swap::ArcSwap;
 use crate::certs::{CertTable, SecretRef, generated_default};
 use crate::metrics::Metrics;
 mod accept;
+mod h1;
 mod ops;
 mod reload;
 
