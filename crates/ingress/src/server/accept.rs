@@ -226,3 +226,4 @@ async fn serve_connection<S>(
         tracing::debug!(%peer, %err, "connection ended with an error");
     }
 }
+

@@ -5,10 +5,11 @@
 //! Why: hyper 1.x keeps an 8 KiB read buffer and an 8 KiB write buffer per
 //! connection for the connection's whole life and offers no way to release
 //! them, so an idle keep-alive connection cost ~12 KB (nginx: 0.5 KB). Here
-//! no buffer is held between requests: the connection waits for
-//! readability on the bare socket ([`Park`]), a read buffer exists only
-//! from the first byte of a head to the end of its response, and the
-//! response head and a body that is already complete leave in one write.
+//! no buffer and no timer is held between requests: the connection waits
+//! for readability on the bare socket ([`Park`]), a read buffer and the
+//! request's state exist only from the first byte of a head to the end of
+//! its response, and the response head and a body that is already complete
+//! leave in one write.
 //!
 //! A request with a body (Content-Length other than 0, Transfer-Encoding),
 //! an upgrade, `Expect`, or HTTP/1.0 is handed to hyper together with every
@@ -71,6 +72,11 @@ pub(super) enum Served<S> {
 }
 
 /// Serves requests on `stream` until it closes or needs hyper.
+///
+/// Between requests the connection holds only this function's small state
+/// (no buffer, no timer: the worker's idle sweep closes connections idle
+/// past `--idle-timeout`, see `limit.rs`); each request is served by one
+/// boxed [`serve_one`], freed when its response has been written.
 pub(super) async fn serve<S>(
     mut stream: S,
     conn: &ConnInfo,
@@ -82,77 +88,116 @@ where
     S: AsyncRead + AsyncWrite + Park + Unpin,
 {
     let peer = conn.peer;
-    let settings = &shared.settings;
     let mut buf = BytesMut::new();
     loop {
         if *stop.borrow() || slot.is_shed() {
             return Served::Done;
         }
-        let next = tokio::select! {
-            biased;
-            _ = stop.changed() => return Served::Done,
-            () = slot.shed() => {
-                tracing::debug!(%peer, "closing: shed at the connection limit");
+        if buf.is_empty() {
+            // Between requests: give the buffer back and wait on the socket.
+            buf = BytesMut::new();
+            if let Some(tcp) = stream.bare() {
+                tokio::select! {
+                    biased;
+                    _ = stop.changed() => return Served::Done,
+                    () = slot.shed() => {
+                        tracing::debug!(%peer, "closing an idle connection (shed or idle timeout)");
+                        return Served::Done;
+                    }
+                    ready = tcp.readable() => if let Err(err) = ready {
+                        tracing::debug!(%peer, %err, "connection ended with an error");
+                        return Served::Done;
+                    }
+                }
+            }
+        }
+        let step = Box::pin(serve_one(&mut stream, &mut buf, conn, shared, stop, slot)).await;
+        match step {
+            Step::Next => {}
+            Step::Close => {
+                let _ = stream.shutdown().await;
                 return Served::Done;
             }
-            next = tokio::time::timeout(
-                settings.idle_timeout,
-                read_head(&mut stream, &mut buf, settings.max_header_bytes),
-            ) => next,
-        };
-        let head = match next {
-            Ok(Ok(Some(head))) => head,
-            // EOF between requests, or a head cut off.
-            Ok(Ok(None)) => return Served::Done,
-            Ok(Err(HeadError::Io(err))) => {
-                tracing::debug!(%peer, %err, "connection ended with an error");
-                return Served::Done;
-            }
-            Ok(Err(HeadError::Hyper)) => {
+            Step::Gone => return Served::Done,
+            Step::Hyper => {
                 return Served::Hyper(Rewind {
-                    prefix: std::mem::take(&mut buf).freeze(),
+                    prefix: buf.freeze(),
                     inner: stream,
                 });
             }
-            Ok(Err(HeadError::Refused(status))) => {
-                // hyper's answers to a head it cannot take, then close.
-                let _ = stream.write_all(refusal(status).as_bytes()).await;
-                let _ = stream.flush().await;
-                return Served::Done;
-            }
-            Err(_) => {
-                tracing::debug!(%peer, "closing: no request head within the idle timeout");
-                return Served::Done;
-            }
-        };
-        let guard = ActiveGuard::new(slot);
-        let head_request = head.request.method() == Method::HEAD;
-        let mut keep_alive = head.keep_alive;
-        // Boxed: the request path's state machine is large, and an idle
-        // connection must not carry its size.
-        let response = match Box::pin(handle(head.request, shared.clone(), conn.clone())).await {
-            Ok(response) => response,
-            Err(never) => match never {},
-        };
-        if *stop.borrow() || slot.is_shed() {
-            keep_alive = false;
         }
-        let written = Box::pin(write_response(
-            &mut stream,
-            response,
-            head_request,
-            &mut keep_alive,
-        ))
-        .await;
-        drop(guard);
-        if let Err(err) = written {
+    }
+}
+
+/// What a connection does after one request.
+enum Step {
+    /// Wait for the next request.
+    Next,
+    /// Close after what was written.
+    Close,
+    /// Already closed or broken.
+    Gone,
+    /// hyper takes the connection with what `buf` holds.
+    Hyper,
+}
+
+/// Reads one request head (closing early when told to), serves it and
+/// writes the response.
+async fn serve_one<S>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+    conn: &ConnInfo,
+    shared: &Arc<Shared>,
+    stop: &mut watch::Receiver<bool>,
+    slot: &Arc<Slot>,
+) -> Step
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let peer = conn.peer;
+    let next = tokio::select! {
+        biased;
+        _ = stop.changed() => return Step::Gone,
+        () = slot.shed() => {
+            tracing::debug!(%peer, "closing: shed (at the limit or idle past the timeout) in a request head");
+            return Step::Gone;
+        }
+        next = read_head(stream, buf, shared.settings.max_header_bytes) => next,
+    };
+    let head = match next {
+        Ok(Some(head)) => head,
+        // EOF between requests, or a head cut off.
+        Ok(None) => return Step::Gone,
+        Err(HeadError::Io(err)) => {
+            tracing::debug!(%peer, %err, "connection ended with an error");
+            return Step::Gone;
+        }
+        Err(HeadError::Hyper) => return Step::Hyper,
+        Err(HeadError::Refused(status)) => {
+            // hyper's answers to a head it cannot take, then close.
+            let _ = send(stream, refusal(status).as_bytes()).await;
+            return Step::Close;
+        }
+    };
+    let guard = ActiveGuard::new(slot);
+    let head_request = head.request.method() == Method::HEAD;
+    let mut keep_alive = head.keep_alive;
+    let response = match handle(head.request, shared.clone(), conn.clone()).await {
+        Ok(response) => response,
+        Err(never) => match never {},
+    };
+    if *stop.borrow() || slot.is_shed() {
+        keep_alive = false;
+    }
+    let written = write_response(stream, response, head_request, &mut keep_alive).await;
+    drop(guard);
+    match written {
+        Err(err) => {
             tracing::debug!(%peer, %err, "writing the response failed");
-            return Served::Done;
+            Step::Gone
         }
-        if !keep_alive {
-            let _ = stream.shutdown().await;
-            return Served::Done;
-        }
+        Ok(()) if keep_alive => Step::Next,
+        Ok(()) => Step::Close,
     }
 }
 
@@ -171,27 +216,21 @@ struct Head {
     keep_alive: bool,
 }
 
-/// Waits for (without a buffer, when the socket allows) and reads the next
-/// request head; what follows it stays in `buf`. None: the client closed.
+/// Reads the next request head; what follows it stays in `buf`. None:
+/// the client closed.
 async fn read_head<S>(
     stream: &mut S,
     buf: &mut BytesMut,
     max: usize,
 ) -> Result<Option<Head>, HeadError>
 where
-    S: AsyncRead + Park + Unpin,
+    S: AsyncRead + Unpin,
 {
     loop {
-        if !buf.is_empty() {
-            if let Some(head) = parse_head(buf, max)? {
-                return Ok(Some(head));
-            }
-        } else {
-            // Between requests: give the buffer back and wait on the socket.
-            *buf = BytesMut::new();
-            if let Some(tcp) = stream.bare() {
-                tcp.readable().await.map_err(HeadError::Io)?;
-            }
+        if !buf.is_empty()
+            && let Some(head) = parse_head(buf, max)?
+        {
+            return Ok(Some(head));
         }
         if buf.capacity() - buf.len() < HEAD_BUFFER / 4 {
             buf.reserve(HEAD_BUFFER);
@@ -643,7 +682,9 @@ mod tests {
             mut self: Pin<&mut Self>,
             cx: &mut Context<'_>,
         ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-            if !std::mem::replace(&mut self.ready, !self.ready) {
+            let ready = self.ready;
+            self.ready = !ready;
+            if !ready {
                 cx.waker().wake_by_ref();
                 return Poll::Pending;
             }
