@@ -25,7 +25,6 @@ pub const BENCH_PATH: usize = 2;
 pub const NAMESPACE: &str = "bench";
 pub const SECRET: &str = "bench-tls";
 
-
 /// Backend port per (host, path).
 pub type Ports = [[u16; 3]; 3];
 
@@ -36,4 +35,3 @@ pub fn service_name(h: usize, p: usize) -> String {
 pub fn expected_body(ports: &Ports, h: usize, p: usize) -> String {
     format!("backend {}\n", ports[h][p])
 }
-

@@ -13,7 +13,6 @@
 //! ports picked free; every process it starts is stopped (its whole process
 //! group) and every file removed when it ends, fails or is interrupted.
 
-
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -56,7 +55,6 @@ keep-alive connections on each and reports the proxies' memory.
   --skip-tls        leave out TLS
   --json            print the results as JSON
   --podwire PATH    the podwire binary (default: next to this binary)";
-
 
 struct Args {
     runs: usize,
@@ -118,7 +116,6 @@ fn parse_args() -> Result<Args> {
     a.workers = a.workers.max(1);
     Ok(a)
 }
-
 
 fn measure(args: &Args) -> Result<Report> {
     ensure!(
@@ -454,7 +451,6 @@ fn measure(args: &Args) -> Result<Report> {
     })
 }
 
-
 fn main() -> std::process::ExitCode {
     let args = match parse_args() {
         Ok(args) => args,
@@ -476,4 +472,3 @@ fn main() -> std::process::ExitCode {
     }
     podwire_bench::finish("ingress", result, args.json, print_table)
 }
-

@@ -11,7 +11,6 @@ use anyhow::{Context, Result, ensure};
 
 use super::HOSTS;
 
-
 pub struct Certs {
     pub ca_der: Vec<u8>,
     pub leaf_pem: String,

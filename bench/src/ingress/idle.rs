@@ -13,7 +13,6 @@ use super::world::{Proxy, World};
 use super::{BENCH_HOST, BENCH_PATH, HOSTS, PATHS, expected_body};
 use crate::ns::check_interrupted;
 
-
 #[derive(Debug, Clone, Serialize)]
 pub struct Idle {
     pub proxy: String,

@@ -13,7 +13,6 @@ use anyhow::{Context, Result, bail, ensure};
 
 use crate::ns::check_interrupted;
 
-
 /// A process started in its own process group (so a Ctrl-C reaches this
 /// benchmark, not the servers mid-run), killed if this process dies
 /// (PDEATHSIG). Drop sends SIGTERM to the group, waits up to 3 s for every

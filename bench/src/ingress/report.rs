@@ -10,7 +10,6 @@ use super::idle::Idle;
 use super::wrk::Wrk;
 use crate::stats::Summary;
 
-
 #[derive(Debug, Clone, Serialize)]
 pub struct Row {
     pub name: String,
@@ -94,7 +93,9 @@ pub struct Plan {
     pub idle: usize,
 }
 
-type Metric = (&'static str, usize, fn(&Wrk) -> f64);
+/// Reads one figure from a wrk run.
+type Pick = fn(&Wrk) -> f64;
+type Metric = (&'static str, usize, Pick);
 
 /// What each loaded pass reports, per proxy.
 const LOADED: [Metric; 9] = [
@@ -165,7 +166,7 @@ pub fn tables(
                 rows.push(r);
             }
             if !close && plan.unloaded {
-                let unloaded: [(&str, fn(&Wrk) -> f64); 2] = [
+                let unloaded: [(&str, Pick); 2] = [
                     ("unloaded (-c1) p50 ms", |w| w.p50_ms),
                     ("unloaded (-c1) p99 ms", |w| w.p99_ms),
                 ];

@@ -17,7 +17,9 @@ use serde_json::json;
 use super::client::{Certs, Conn};
 use super::nginx::start_nginx_proxy;
 use super::proc::{Proc, free_ports, write};
-use super::{BENCH_HOST, BENCH_PATH, HOSTS, NAMESPACE, PATHS, Ports, SECRET, expected_body, service_name};
+use super::{
+    BENCH_HOST, BENCH_PATH, HOSTS, NAMESPACE, PATHS, Ports, SECRET, expected_body, service_name,
+};
 use crate::ns::check_interrupted;
 
 /// The files store podwire reads: 9 Services with one ready endpoint each

@@ -9,10 +9,11 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail, ensure};
 use serde::Serialize;
 
-use super::proc::{busy_pct, clock_ticks_per_second, context_switches, cpu_jiffies, cpu_ticks, tcp_out_segs};
+use super::proc::{
+    busy_pct, clock_ticks_per_second, context_switches, cpu_jiffies, cpu_ticks, tcp_out_segs,
+};
 use super::{BENCH_HOST, BENCH_PATH, HOSTS, PATHS};
 use crate::ns::check_interrupted;
-
 
 /// Connects to 127.0.0.1 whatever host the URL names, so the URL's host is
 /// both the Host header and the TLS server name (SNI).

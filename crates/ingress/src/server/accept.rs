@@ -226,4 +226,3 @@ async fn serve_connection<S>(
         tracing::debug!(%peer, %err, "connection ended with an error");
     }
 }
-
