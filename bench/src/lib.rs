@@ -4,6 +4,7 @@
 //! `src/bin/` started by a script in `bench/`.
 
 pub mod abuse;
+pub mod ingress;
 pub mod ns;
 pub mod plugin;
 pub mod stats;

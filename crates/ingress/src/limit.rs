@@ -121,6 +121,11 @@ impl Slot {
     pub async fn shed(&self) {
         self.close.notified().await;
     }
+
+    /// Whether the connection has been told to close.
+    pub fn is_shed(&self) -> bool {
+        self.shed.load(Ordering::Relaxed)
+    }
 }
 
 /// Marks a connection busy for as long as it lives: made when a request
@@ -186,6 +191,32 @@ impl<B: Body + Unpin> Body for Tracked<B> {
 pub struct WorkerConns {
     slots: Mutex<HashMap<u64, Arc<Slot>>>,
     next_id: AtomicU64,
+}
+
+impl WorkerConns {
+    /// Tells this worker's connections idle for longer than `idle` (no
+    /// request in flight since then, or no complete head since they were
+    /// accepted) to close; returns how many. One sweep a second per worker
+    /// replaces a timer per connection, so an idle connection holds none.
+    pub fn close_idle(&self, idle: Duration) -> usize {
+        let now = now_ms();
+        let idle = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
+        let Ok(slots) = self.slots.lock() else {
+            return 0;
+        };
+        let mut closed = 0;
+        for slot in slots.values() {
+            if slot.active.load(Ordering::Relaxed) == 0
+                && !slot.shed.load(Ordering::Relaxed)
+                && now.saturating_sub(slot.last.load(Ordering::Relaxed)) > idle
+            {
+                slot.shed.store(true, Ordering::Relaxed);
+                slot.close.notify_one();
+                closed += 1;
+            }
+        }
+        closed
+    }
 }
 
 /// A registered connection; dropping it unregisters the connection.
@@ -422,6 +453,21 @@ mod tests {
             text.contains("podwire_ingress_connections_shed_total{reason=\"idle\"} 1"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn idle_connections_past_the_timeout_are_told_to_close() {
+        let limits = Arc::new(Limits::new(10));
+        let worker = limits.worker();
+        let idle = limits.register(&worker);
+        let busy = limits.register(&worker);
+        let _guard = ActiveGuard::new(busy.slot());
+        std::thread::sleep(Duration::from_millis(30));
+        let fresh = limits.register(&worker);
+        assert_eq!(worker.close_idle(Duration::from_millis(20)), 1);
+        assert!(idle.slot().is_shed());
+        assert!(!busy.slot().is_shed() && !fresh.slot().is_shed());
+        assert_eq!(worker.close_idle(Duration::from_millis(20)), 0, "once");
     }
 
     #[test]

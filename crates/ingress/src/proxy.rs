@@ -217,7 +217,7 @@ fn idempotent(method: &Method) -> bool {
 }
 
 /// Whether the header value lists `token` (comma-separated, any case).
-fn lists(value: Option<&HeaderValue>, token: &str) -> bool {
+pub(crate) fn lists(value: Option<&HeaderValue>, token: &str) -> bool {
     value
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
@@ -263,7 +263,7 @@ struct Outcome<'a> {
 
 /// Serves one request.
 pub async fn handle(
-    req: Request<Incoming>,
+    req: Request<Body>,
     shared: Arc<Shared>,
     conn: ConnInfo,
 ) -> Result<Response<Body>, Infallible> {
@@ -426,7 +426,7 @@ fn redirect_response(uri: &Uri, host: &str, settings: &Settings) -> Response<Bod
 /// Sends the request to an endpoint of `backend` (another one when an
 /// idempotent request's connection fails) and relays the answer.
 async fn forward(
-    mut req: Request<Incoming>,
+    mut req: Request<Body>,
     host: &HeaderValue,
     backend: &Backend,
     shared: &Shared,
@@ -472,7 +472,7 @@ async fn forward(
     } else {
         1
     };
-    let mut body = Some(req.into_body().map_err(BoxError::from).boxed());
+    let mut body = Some(req.into_body());
     let mut tried = [first; MAX_ATTEMPTS];
     let mut tries = 0;
     let mut endpoint = first;

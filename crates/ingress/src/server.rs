@@ -28,6 +28,7 @@ use arc_swap::ArcSwap;
 use crate::certs::{CertTable, SecretRef, generated_default};
 use crate::metrics::Metrics;
 mod accept;
+mod h1;
 mod ops;
 mod reload;
 
@@ -450,6 +451,23 @@ pub async fn serve(
     outcome
 }
 
+/// Closes this worker's connections idle past `--idle-timeout`, checking
+/// about once a second (more often for shorter timeouts), until `stop`.
+async fn close_idle(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let idle = shared.settings.idle_timeout;
+    let every = (idle / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            _ = stop.changed() => return,
+        }
+        let closed = shared.conns.close_idle(idle);
+        if closed > 0 {
+            tracing::debug!(closed, "closed connections idle past the idle timeout");
+        }
+    }
+}
+
 /// Accepts on `listeners` until `stop` changes, then waits (at most the
 /// shutdown grace) until every connection counted by `tracker` is done.
 async fn serve_worker(
@@ -495,9 +513,11 @@ async fn serve_worker(
             tracker.clone(),
         )));
     }
+    let sweep = tokio::spawn(close_idle(shared.clone(), stop.clone()));
     for task in tasks {
         let _ = task.await;
     }
+    sweep.abort();
     // Every connection task holds a clone of `tracker`; this function too.
     let deadline = Instant::now() + shared.settings.shutdown_grace;
     while Arc::strong_count(&tracker) > 1 && Instant::now() < deadline {

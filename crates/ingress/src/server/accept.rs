@@ -1,6 +1,7 @@
 //! Client connections: the accept loop of one listener (plain or TLS) and
-//! the serving of one connection with hyper (HTTP/1.1 with upgrades, or
-//! HTTP/2 when ALPN chose it). At the connection limit a listener first
+//! the serving of one connection: HTTP/1.1 by our own loop (`h1.rs`) until
+//! a request needs hyper (a body, an upgrade), then hyper (HTTP/1.1 with
+//! upgrades); HTTP/2 by hyper when ALPN chose it. At the connection limit a listener first
 //! makes room (the oldest idle connection is told to close) or waits; each
 //! connection closes early when it is shed, as on shutdown.
 
@@ -11,9 +12,12 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use http_body_util::BodyExt;
+
+use super::h1::{self, Park, Served};
 use crate::limit::{ActiveGuard, Slot, Tracked};
 use crate::metrics::ListenerLabels;
-use crate::proxy::{ConnInfo, Shared, handle};
+use crate::proxy::{BoxError, ConnInfo, Shared, handle};
 
 /// How often a listener held at the connection limit looks again.
 const LIMIT_RECHECK: Duration = Duration::from_millis(50);
@@ -82,7 +86,7 @@ pub(super) async fn accept_loop(
             gauge.inc();
             let slot = registered.slot().clone();
             match tls {
-                None => serve_connection(stream, false, conn, shared.clone(), stop, slot).await,
+                None => serve_http1(stream, conn, shared.clone(), stop, slot).await,
                 Some(acceptor) => {
                     // Boxed, like the HTTP/2 path below: a task is as large as
                     // its largest state, and plain connections must not pay
@@ -100,16 +104,20 @@ pub(super) async fn accept_loop(
                             tracing::debug!(%peer, "TLS handshake cut short: shed at the limit")
                         }
                         Some(Ok(Ok(stream))) => {
-                            let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                            Box::pin(serve_connection(
-                                stream,
-                                h2,
-                                conn,
-                                shared.clone(),
-                                stop,
-                                slot,
-                            ))
-                            .await
+                            if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                                Box::pin(serve_connection(
+                                    stream,
+                                    true,
+                                    conn,
+                                    shared.clone(),
+                                    stop,
+                                    slot,
+                                ))
+                                .await
+                            } else {
+                                Box::pin(serve_http1(stream, conn, shared.clone(), stop, slot))
+                                    .await
+                            }
                         }
                         Some(Ok(Err(err))) => {
                             shared.metrics.tls_handshake_failures.inc();
@@ -126,6 +134,23 @@ pub(super) async fn accept_loop(
             drop(registered);
             drop(tracker);
         });
+    }
+}
+
+/// Serves HTTP/1.1 with our own loop, handing the connection to hyper
+/// when a request needs it.
+async fn serve_http1<S>(
+    stream: S,
+    conn: ConnInfo,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+    slot: Arc<Slot>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Park + Unpin + Send + 'static,
+{
+    if let Served::Hyper(rest) = h1::serve(stream, &conn, &shared, &mut stop, &slot).await {
+        // Boxed: only these connections carry hyper's connection state.
+        Box::pin(serve_connection(rest, false, conn, shared, stop, slot)).await;
     }
 }
 
@@ -151,6 +176,7 @@ async fn serve_connection<S>(
     let busy = slot.clone();
     let service = hyper::service::service_fn(move |req| {
         let guard = ActiveGuard::new(&busy);
+        let req = req.map(|body: hyper::body::Incoming| body.map_err(BoxError::from).boxed());
         let answer = handle(req, shared.clone(), conn.clone());
         Box::pin(async move {
             answer
