@@ -127,6 +127,75 @@ pub struct BridgeOptions {
     pub enabledad: bool,
 }
 
+/// The longest network name: it is a directory name under the IPAM store.
+const MAX_NAME_LEN: usize = 255;
+
+/// Refuses the free-form sections (kept as JSON for later stages) when their
+/// shape is wrong, so a netconf the reference plugins would fail to decode
+/// is refused before anything is set up rather than half-read.
+fn check_shapes(wire: &Wire) -> Result<()> {
+    let wrong = |field: &str, want: &str, got: &Value| {
+        Err(Error::config(
+            format!("{field} must be {want}"),
+            format!("got {}", truncated(got)),
+        ))
+    };
+    let string_lists = |field: &str, section: &Value, keys: &[&str]| -> Result<()> {
+        for key in keys {
+            match section.get(*key) {
+                None | Some(Value::Null) => {}
+                Some(Value::Array(items)) if items.iter().all(Value::is_string) => {}
+                Some(other) => return wrong(&format!("{field}.{key}"), "a list of strings", other),
+            }
+        }
+        Ok(())
+    };
+    if let Some(dns) = wire.dns.as_ref().filter(|v| !v.is_null()) {
+        if !dns.is_object() {
+            return wrong("dns", "an object", dns);
+        }
+        string_lists("dns", dns, &["nameservers", "search", "options"])?;
+        if let Some(domain) = dns.get("domain").filter(|v| !v.is_null() && !v.is_string()) {
+            return wrong("dns.domain", "a string", domain);
+        }
+    }
+    if let Some(args) = wire
+        .args
+        .as_ref()
+        .filter(|v| !v.is_null() && !v.is_object())
+    {
+        return wrong("args", "an object", args);
+    }
+    if let Some(prev) = wire.prev_result.as_ref().filter(|v| !v.is_null()) {
+        if !prev.is_object() {
+            return wrong("prevResult", "an object (a CNI result)", prev);
+        }
+        for key in ["ips", "interfaces", "routes"] {
+            if let Some(v) = prev.get(key).filter(|v| !v.is_null() && !v.is_array()) {
+                return wrong(&format!("prevResult.{key}"), "a list", v);
+            }
+        }
+    }
+    if let Some(ipam) = wire.ipam.as_ref().filter(|v| !v.is_null()) {
+        if !ipam.is_object() {
+            return wrong("ipam", "an object", ipam);
+        }
+        if let Some(t) = ipam.get("type").filter(|v| !v.is_null() && !v.is_string()) {
+            return wrong("ipam.type", "a string (an IPAM plugin's name)", t);
+        }
+    }
+    Ok(())
+}
+
+/// A JSON value for an error message, cut short.
+fn truncated(value: &Value) -> String {
+    let text = value.to_string();
+    match text.char_indices().nth(80) {
+        Some((cut, _)) => format!("{}...", &text[..cut]),
+        None => text,
+    }
+}
+
 /// Reads only the version, for VERSION and for shaping an error reply.
 pub fn peek_version(stdin: &[u8]) -> Option<String> {
     serde_json::from_slice::<Value>(stdin)
@@ -172,6 +241,15 @@ impl NetConf {
                 "a network name contains only letters, digits, '_', '.' and '-'",
             ));
         }
+        if wire.name.len() > MAX_NAME_LEN {
+            return Err(Error::config(
+                format!("network name of {} characters is too long", wire.name.len()),
+                format!(
+                    "a network name has at most {MAX_NAME_LEN} characters (it names the IPAM directory)"
+                ),
+            ));
+        }
+        check_shapes(&wire)?;
         if wire.vlan_trunk.is_some() {
             return Err(Error::new(
                 Code::UnsupportedField,
@@ -361,6 +439,32 @@ mod tests {
                 .code,
             Code::UnsupportedField
         );
+    }
+
+    #[test]
+    fn free_form_sections_of_the_wrong_shape_are_refused() {
+        // Found by bench/abuse: each of these was accepted and set up a
+        // container while ignoring the section.
+        for (field, bad) in [
+            ("ipam.type", r#""ipam":{"type":5}"#),
+            ("ipam", r#""ipam":"x""#),
+            ("dns", r#""dns":"10.0.0.10""#),
+            ("dns.nameservers", r#""dns":{"nameservers":"10.0.0.10"}"#),
+            ("dns.search", r#""dns":{"search":[1]}"#),
+            ("prevResult", r#""prevResult":"garbage""#),
+            ("prevResult.ips", r#""prevResult":{"ips":"x"}"#),
+            ("args", r#""args":"x""#),
+        ] {
+            let text = format!(r#"{{"cniVersion":"1.0.0","name":"n",{bad}}}"#);
+            let err = parse(&text).unwrap_err();
+            assert_eq!(err.code, Code::InvalidConfig, "{bad}");
+            assert!(err.msg.starts_with(field), "{bad}: {err}");
+        }
+        parse(r#"{"cniVersion":"1.0.0","name":"n","dns":{"nameservers":["10.0.0.10"]},"args":{},"prevResult":null,"ipam":{"type":"podwire"}}"#).unwrap();
+        let long = format!(r#"{{"cniVersion":"1.0.0","name":"{}"}}"#, "x".repeat(256));
+        assert_eq!(parse(&long).unwrap_err().code, Code::InvalidConfig);
+        let longest = format!(r#"{{"cniVersion":"1.0.0","name":"{}"}}"#, "x".repeat(255));
+        parse(&longest).unwrap();
     }
 
     #[test]
