@@ -46,16 +46,22 @@ const HEAD_BUFFER: usize = 2048;
 /// buffer: the socket to wait on for readability, when nothing is buffered
 /// above it.
 pub(super) trait Park {
+    /// Whether the socket's bytes are the request's bytes, so that the
+    /// first read of a head may go straight to the socket (not under TLS,
+    /// whose records must be decrypted by the stream).
+    const PLAINTEXT: bool;
     fn bare(&self) -> Option<&TcpStream>;
 }
 
 impl Park for TcpStream {
+    const PLAINTEXT: bool = true;
     fn bare(&self) -> Option<&TcpStream> {
         Some(self)
     }
 }
 
 impl Park for tokio_rustls::server::TlsStream<TcpStream> {
+    const PLAINTEXT: bool = false;
     fn bare(&self) -> Option<&TcpStream> {
         // Plaintext rustls already decrypted would never wake the socket.
         let (tcp, tls) = self.get_ref();
@@ -109,14 +115,17 @@ where
                         return Served::Done;
                     }
                 }
-                match read_exact_size(tcp) {
-                    Ok(Some(read)) => buf = read,
-                    // Woken without data after all: wait again.
-                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
-                    Ok(None) => return Served::Done,
-                    Err(err) => {
-                        tracing::debug!(%peer, %err, "connection ended with an error");
-                        return Served::Done;
+                // Under TLS the stream decrypts what arrived: `serve_one` reads it.
+                if S::PLAINTEXT {
+                    match read_exact_size(tcp) {
+                        Ok(Some(read)) => buf = read,
+                        // Woken without data after all: wait again.
+                        Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
+                        Ok(None) => return Served::Done,
+                        Err(err) => {
+                            tracing::debug!(%peer, %err, "connection ended with an error");
+                            return Served::Done;
+                        }
                     }
                 }
             }
