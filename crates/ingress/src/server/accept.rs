@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use http_body_util::BodyExt;
 
 use super::h1::{self, Park, Served};
-use crate::limit::{ActiveGuard, Slot, Tracked};
+use crate::limit::{ActiveGuard, Registered, Slot, Tracked};
 use crate::metrics::ListenerLabels;
 use crate::proxy::{BoxError, ConnInfo, Shared, handle};
 
@@ -77,63 +77,90 @@ pub(super) async fn accept_loop(
         let shared = shared.clone();
         let stop = stop.clone();
         let tracker = tracker.clone();
-        let tls = tls.clone();
-        tokio::spawn(async move {
-            let gauge = shared
+        let slot = registered.slot().clone();
+        let open = Open {
+            gauge: shared
                 .metrics
                 .connections
-                .get_or_create_owned(&ListenerLabels { scheme });
-            gauge.inc();
-            let slot = registered.slot().clone();
-            match tls {
-                None => serve_http1(stream, conn, shared.clone(), stop, slot).await,
-                Some(acceptor) => {
-                    // Boxed, like the HTTP/2 path below: a task is as large as
-                    // its largest state, and plain connections must not pay
-                    // for TLS ones.
-                    let handshake = tokio::time::timeout(
-                        shared.settings.idle_timeout,
-                        Box::pin(acceptor.accept(stream)),
-                    );
-                    let handshake = tokio::select! {
-                        handshake = handshake => Some(handshake),
-                        () = slot.shed() => None,
-                    };
-                    match handshake {
-                        None => {
-                            tracing::debug!(%peer, "TLS handshake cut short: shed at the limit")
-                        }
-                        Some(Ok(Ok(stream))) => {
-                            if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
-                                Box::pin(serve_connection(
-                                    stream,
-                                    true,
-                                    conn,
-                                    shared.clone(),
-                                    stop,
-                                    slot,
-                                ))
-                                .await
-                            } else {
-                                Box::pin(serve_http1(stream, conn, shared.clone(), stop, slot))
-                                    .await
-                            }
-                        }
-                        Some(Ok(Err(err))) => {
-                            shared.metrics.tls_handshake_failures.inc();
-                            tracing::debug!(%peer, %err, "TLS handshake failed");
-                        }
-                        Some(Err(_)) => {
-                            shared.metrics.tls_handshake_failures.inc();
-                            tracing::debug!(%peer, "TLS handshake timed out");
-                        }
-                    }
-                }
+                .get_or_create_owned(&ListenerLabels { scheme }),
+            _registered: registered,
+            _tracker: tracker,
+        };
+        open.gauge.inc();
+        // The serving functions are the tasks themselves, plain and TLS
+        // apart: a task is as large as its largest state (and an async
+        // block around them would hold their arguments twice), and the
+        // plain ones, the most numerous, must not carry a handshake's.
+        match &tls {
+            None => {
+                tokio::spawn(serve_http1(stream, conn, shared, stop, slot, open));
             }
-            gauge.dec();
-            drop(registered);
-            drop(tracker);
-        });
+            Some(acceptor) => {
+                tokio::spawn(serve_tls(
+                    acceptor.clone(),
+                    stream,
+                    conn,
+                    shared,
+                    stop,
+                    slot,
+                    open,
+                ));
+            }
+        }
+    }
+}
+
+/// What an open connection holds until it closes: its place in the
+/// `connections` gauge, the connection count and the shutdown tracker.
+struct Open {
+    gauge: prometheus_client::metrics::gauge::Gauge,
+    _registered: Registered,
+    _tracker: Arc<()>,
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
+/// Serves a TLS connection: the handshake (bounded by `--idle-timeout`, cut
+/// short when shed), then HTTP/2 or HTTP/1.1 as ALPN chose.
+async fn serve_tls(
+    acceptor: tokio_rustls::TlsAcceptor,
+    stream: tokio::net::TcpStream,
+    conn: ConnInfo,
+    shared: Arc<Shared>,
+    stop: watch::Receiver<bool>,
+    slot: Arc<Slot>,
+    open: Open,
+) {
+    let peer = conn.peer;
+    let handshake = tokio::time::timeout(
+        shared.settings.idle_timeout,
+        Box::pin(acceptor.accept(stream)),
+    );
+    let handshake = tokio::select! {
+        handshake = handshake => Some(handshake),
+        () = slot.shed() => None,
+    };
+    match handshake {
+        None => tracing::debug!(%peer, "TLS handshake cut short: shed at the limit"),
+        Some(Ok(Ok(stream))) => {
+            if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                Box::pin(serve_connection(stream, true, conn, shared, stop, slot)).await
+            } else {
+                Box::pin(serve_http1(stream, conn, shared, stop, slot, open)).await
+            }
+        }
+        Some(Ok(Err(err))) => {
+            shared.metrics.tls_handshake_failures.inc();
+            tracing::debug!(%peer, %err, "TLS handshake failed");
+        }
+        Some(Err(_)) => {
+            shared.metrics.tls_handshake_failures.inc();
+            tracing::debug!(%peer, "TLS handshake timed out");
+        }
     }
 }
 
@@ -145,6 +172,7 @@ async fn serve_http1<S>(
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
     slot: Arc<Slot>,
+    _open: Open,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Park + Unpin + Send + 'static,
 {
