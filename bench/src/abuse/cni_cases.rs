@@ -182,7 +182,10 @@ pub fn malformed(good: &Value) -> Vec<Case> {
             "ipam.ranges",
             Some(json!([[{"subnet": "10.80.0.0/24"}], [{"subnet": "10.80.0.0/25"}]])),
         ),
-        ("ipam.subnet", Some(json!("10.80.0.0/24"))),
+        // The legacy flat range is valid beside `ranges` (host-local puts it
+        // first, a second range set): malformed only when it is no CIDR.
+        ("ipam.subnet", Some(json!("10.80.0.0/33"))),
+        ("ipam.subnet", Some(json!(24))),
         ("ipam.routes", Some(json!("0.0.0.0/0"))),
         ("ipam.routes", Some(json!([{"dst": "nope"}]))),
         (

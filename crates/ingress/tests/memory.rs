@@ -374,7 +374,11 @@ fn idle_keep_alive_connections_stay_small() {
     );
     // Still open and served: they were idle, not closed.
     let mut s = conns.pop().unwrap();
-    assert!(exchange(&mut s, REQUEST).unwrap().starts_with("HTTP/1.1 200"));
+    assert!(
+        exchange(&mut s, REQUEST)
+            .unwrap()
+            .starts_with("HTTP/1.1 200")
+    );
 }
 
 /// Prints the memory figures: `PODWIRE_MEMTEST_N` partial heads (default
