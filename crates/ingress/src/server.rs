@@ -508,7 +508,7 @@ async fn serve_worker(
         // rustls's two: a client resumes with its newest ticket and a new
         // one comes with every connection, and a second ticket cost clients
         // ~10% of their CPU per connection (bench/ingress TLS close: 0.91x ->
-        // ~0.98x nginx's requests/s, the client being the bottleneck).
+        // ~0.97x nginx's requests/s, the client being the bottleneck).
         tls.send_tls13_tickets = 1;
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
         tasks.push(tokio::spawn(accept_loop(

@@ -248,6 +248,19 @@ fn partial_heads(proxy: &ProxyProcess, n: usize) -> Vec<TcpStream> {
         .collect()
 }
 
+/// Opens `n` connections that each get one answer and stay open (idle
+/// keep-alive).
+fn keep_alive_connections(proxy: &ProxyProcess, n: usize) -> Vec<TcpStream> {
+    (0..n)
+        .map(|_| {
+            let mut s = TcpStream::connect(proxy.http).unwrap();
+            let answer = exchange(&mut s, REQUEST).unwrap();
+            assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+            s
+        })
+        .collect()
+}
+
 /// Lets the proxy settle (its threads read what was sent), then reads RSS.
 fn settled_rss(proxy: &ProxyProcess) -> u64 {
     std::thread::sleep(Duration::from_millis(1500));
@@ -358,13 +371,7 @@ fn idle_keep_alive_connections_stay_small() {
     const N: usize = 2000;
     let proxy = ProxyProcess::start(backend(), None);
     let before = settled_rss(&proxy);
-    let mut conns = Vec::with_capacity(N);
-    for _ in 0..N {
-        let mut s = TcpStream::connect(proxy.http).unwrap();
-        let answer = exchange(&mut s, REQUEST).unwrap();
-        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-        conns.push(s);
-    }
+    let mut conns = keep_alive_connections(&proxy, N);
     let held = settled_rss(&proxy);
     let each = held.saturating_sub(before) as f64 / N as f64;
     eprintln!("{N} idle keep-alive connections: {before} kB -> {held} kB, {each:.2} KB each");
@@ -412,13 +419,7 @@ fn measure_memory() {
         );
     }
     let base = settled_rss(&proxy);
-    let mut conns = Vec::with_capacity(n);
-    for _ in 0..n {
-        let mut s = TcpStream::connect(proxy.http).unwrap();
-        let answer = exchange(&mut s, REQUEST).unwrap();
-        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-        conns.push(s);
-    }
+    let mut conns = keep_alive_connections(&proxy, n);
     let held = settled_rss(&proxy);
     println!(
         "{n} idle keep-alive connections: {:.1} MB -> {:.1} MB, {:.2} KB each",
